@@ -1,0 +1,84 @@
+// accel-server: serves the accel.v1.TensorOps API (see proto/ and API.md).
+//
+// Prints "listening grpc=HOST:PORT metrics=HOST:PORT" once both ports are
+// open, so scripts and tests can use port 0. SIGTERM or SIGINT drains the
+// server (health NOT_SERVING, new calls UNAVAILABLE, in-flight calls finish
+// within --shutdown_grace_s) and exits 0.
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "accel/util/logging.h"
+#include "server/server.h"
+#include "server/version.h"
+
+ABSL_FLAG(std::string, grpc_address, "0.0.0.0:50051", "gRPC listen address (port 0: any free port)");
+ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9464",
+          "Prometheus /metrics listen address (port 0: any free port)");
+ABSL_FLAG(int64_t, max_message_bytes, int64_t{512} << 20,
+          "Largest gRPC message in either direction, in bytes");
+ABSL_FLAG(int64_t, max_resident_bytes, 0,
+          "Resident tensor memory limit in bytes (0: 90% of free device memory, RAM on CPU)");
+ABSL_FLAG(std::string, model_dir, "",
+          "Directory LoadTensors reads safetensors files from (empty: LoadTensors disabled)");
+ABSL_FLAG(std::string, device, "auto", "auto, cpu or cuda:N");
+ABSL_FLAG(std::string, auth_token, "",
+          "When set, calls need 'authorization: Bearer <token>' metadata");
+ABSL_FLAG(int, executor_threads, 0, "Threads running requests (0: one per core)");
+ABSL_FLAG(int64_t, max_queue_size, 4096, "Queued requests before RESOURCE_EXHAUSTED");
+ABSL_FLAG(bool, batching, true, "Batch concurrent compatible requests into one launch");
+ABSL_FLAG(int64_t, max_batch_rows, 4096, "Most rows (tokens) in one batched launch");
+ABSL_FLAG(int64_t, max_queue_delay_us, 0,
+          "Longest wait for a batch to fill, in microseconds (0: take what queued meanwhile)");
+ABSL_FLAG(double, shutdown_grace_s, 10.0,
+          "Seconds in-flight calls get to finish after SIGTERM before they are cancelled");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("accel-server: tensor ops of LLM inference over gRPC");
+  absl::ParseCommandLine(argc, argv);
+
+  // Block the stop signals in every thread (gRPC's included, which inherit
+  // this mask); main waits for them with sigwait.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  accel::server::ServerOptions options;
+  options.grpc_address = absl::GetFlag(FLAGS_grpc_address);
+  options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.max_resident_bytes = absl::GetFlag(FLAGS_max_resident_bytes);
+  options.model_dir = absl::GetFlag(FLAGS_model_dir);
+  options.device = absl::GetFlag(FLAGS_device);
+  options.auth_token = absl::GetFlag(FLAGS_auth_token);
+  options.executor_threads = absl::GetFlag(FLAGS_executor_threads);
+  options.max_queue_size = absl::GetFlag(FLAGS_max_queue_size);
+  options.batching = absl::GetFlag(FLAGS_batching);
+  options.max_batch_rows = absl::GetFlag(FLAGS_max_batch_rows);
+  options.max_queue_delay_us = absl::GetFlag(FLAGS_max_queue_delay_us);
+
+  auto server = accel::server::Server::Start(options);
+  if (!server.ok()) {
+    LOG(ERROR) << "accel-server failed to start: " << server.status();
+    return 1;
+  }
+  LOG(INFO) << "accel-server " << accel::server::kVersion << " device=" << options.device
+            << " model_dir=" << (options.model_dir.empty() ? "(none)" : options.model_dir);
+  std::cout << (*server)->ListeningLine() << std::endl;
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  LOG(INFO) << "received " << (signal_number == SIGTERM ? "SIGTERM" : "SIGINT") << ", draining";
+  const auto grace = std::chrono::milliseconds(
+      static_cast<int64_t>(absl::GetFlag(FLAGS_shutdown_grace_s) * 1000));
+  (*server)->Shutdown(grace);
+  LOG(INFO) << "accel-server stopped";
+  return 0;
+}

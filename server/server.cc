@@ -1,0 +1,198 @@
+#include "server/server.h"
+
+#include <exception>
+#include <thread>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "accel/util/logging.h"
+#include "prometheus/exposer.h"
+#include "prometheus/registry.h"
+#include "server/device_info.h"
+#include "server/executor.h"
+#include "server/metrics.h"
+#include "server/service_context.h"
+#include "server/tensor_ops_service.h"
+#include "server/tensor_store.h"
+#include "server/version.h"
+
+namespace accel::server {
+namespace {
+
+constexpr const char* kServiceName = "accel.v1.TensorOps";
+
+// Splits "host:port" (host may be "[::1]"); INVALID_ARGUMENT when malformed.
+absl::Status SplitHostPort(const std::string& address, absl::string_view flag, std::string* host,
+                           int* port) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0 ||
+      !absl::SimpleAtoi(absl::string_view(address).substr(colon + 1), port) || *port < 0 ||
+      *port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": expected HOST:PORT (port 0 picks a free one), found '", address, "'"));
+  }
+  *host = address.substr(0, colon);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<kernels::Backend> ChooseBackend(const std::string& device) {
+  if (device == "auto" || device == "cpu") return kernels::Backend::kCpu;
+  if (device.rfind("cuda", 0) == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--device=", device, ": this build has no CUDA backend (configure with -DACCEL_CUDA=ON)"));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("--device: expected auto, cpu or cuda:N, found '", device, "'"));
+}
+
+}  // namespace
+
+struct Server::State {
+  ServerOptions options;
+  std::unique_ptr<TensorStore> store;
+  std::unique_ptr<Executor> executor;
+  std::shared_ptr<prometheus::Registry> registry;
+  std::unique_ptr<ServerMetrics> metrics;
+  std::unique_ptr<prometheus::Exposer> exposer;
+  ServiceContext context;
+  std::unique_ptr<TensorOpsService> service;
+  std::unique_ptr<grpc::Server> grpc_server;
+  std::string grpc_host, metrics_host;
+  int grpc_port = 0;
+  int metrics_port = 0;
+};
+
+Server::Server(std::unique_ptr<State> state) : state_(std::move(state)) {}
+
+Server::~Server() { Shutdown(std::chrono::milliseconds(0)); }
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
+  auto state = std::make_unique<State>();
+  state->options = options;
+  int requested_grpc_port = 0;
+  absl::Status status =
+      SplitHostPort(options.grpc_address, "--grpc_address", &state->grpc_host, &requested_grpc_port);
+  if (!status.ok()) return status;
+  status = SplitHostPort(options.metrics_address, "--metrics_address", &state->metrics_host,
+                         &state->metrics_port);
+  if (!status.ok()) return status;
+  if (options.max_message_bytes < (int64_t{1} << 20) || options.max_message_bytes > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_message_bytes: expected 1 MiB to 2 GiB - 1, found ", options.max_message_bytes));
+  }
+  if (options.max_resident_bytes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_resident_bytes: expected >= 0 (0 = 90% of free memory), found ",
+        options.max_resident_bytes));
+  }
+  auto backend = ChooseBackend(options.device);
+  if (!backend.ok()) return backend.status();
+
+  // Resident tensors live in RAM on the CPU backend.
+  const int64_t limit = options.max_resident_bytes > 0
+                            ? options.max_resident_bytes
+                            : HostAvailableMemoryBytes() / 10 * 9;
+  state->store = std::make_unique<TensorStore>(TensorStore::Options{limit, "cpu"});
+  const int threads = options.executor_threads > 0
+                          ? options.executor_threads
+                          : static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
+  state->executor = std::make_unique<Executor>(Executor::Options{threads, options.max_queue_size});
+
+  // Metrics first: a metrics port that cannot bind fails the start-up.
+  state->registry = std::make_shared<prometheus::Registry>();
+  const v1::DeviceProperties device = DescribeCpu();
+  state->metrics = std::make_unique<ServerMetrics>(
+      *state->registry, ServerMetrics::BuildInfo{kVersion, "cpu", device.name()});
+  try {
+    state->exposer = std::make_unique<prometheus::Exposer>(options.metrics_address);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("--metrics_address: cannot listen on ",
+                                               options.metrics_address, ": ", e.what()));
+  }
+  state->exposer->RegisterCollectable(state->registry);
+  const std::vector<int> metrics_ports = state->exposer->GetListeningPorts();
+  if (!metrics_ports.empty()) state->metrics_port = metrics_ports.front();
+
+  ServiceContext& context = state->context;
+  context.store = state->store.get();
+  context.executor = state->executor.get();
+  context.metrics = state->metrics.get();
+  context.env.store = state->store.get();
+  context.env.ctx.backend = *backend;
+  context.env.max_message_bytes = options.max_message_bytes;
+  context.version = kVersion;
+  context.backend = "cpu";
+  context.model_dir = options.model_dir;
+  context.auth_token = options.auth_token;
+  context.batching.set_enabled(options.batching);
+  context.batching.set_max_batch_rows(options.max_batch_rows);
+  context.batching.set_max_queue_delay_us(options.max_queue_delay_us);
+  context.batching.set_max_queue_size(options.max_queue_size);
+  state->service = std::make_unique<TensorOpsService>(&context);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.grpc_address, grpc::InsecureServerCredentials(),
+                           &state->grpc_port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.RegisterService(state->service.get());
+  state->grpc_server = builder.BuildAndStart();
+  if (state->grpc_server == nullptr || state->grpc_port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("--grpc_address: cannot listen on ", options.grpc_address));
+  }
+  grpc::HealthCheckServiceInterface* health = state->grpc_server->GetHealthCheckService();
+  health->SetServingStatus("", true);
+  health->SetServingStatus(kServiceName, true);
+  return std::unique_ptr<Server>(new Server(std::move(state)));
+}
+
+int Server::grpc_port() const { return state_->grpc_port; }
+int Server::metrics_port() const { return state_->metrics_port; }
+
+std::string Server::grpc_target() const {
+  const std::string& host = state_->grpc_host;
+  const bool wildcard = host == "0.0.0.0" || host == "[::]" || host.empty();
+  return absl::StrCat(wildcard ? "localhost" : host, ":", state_->grpc_port);
+}
+
+std::string Server::ListeningLine() const {
+  return absl::StrCat("listening grpc=", state_->grpc_host, ":", state_->grpc_port,
+                      " metrics=", state_->metrics_host, ":", state_->metrics_port);
+}
+
+void Server::Shutdown(std::chrono::milliseconds grace) {
+  {
+    absl::MutexLock lock(&shutdown_mu_);
+    if (shutdown_started_) {
+      shutdown_mu_.Await(absl::Condition(&shutdown_done_));
+      return;
+    }
+    shutdown_started_ = true;
+  }
+  state_->context.draining.store(true, std::memory_order_release);
+  grpc::HealthCheckServiceInterface* health = state_->grpc_server->GetHealthCheckService();
+  health->SetServingStatus("", false);
+  health->SetServingStatus(kServiceName, false);
+  // gRPC waits for in-flight calls (whose reactors the executor finishes)
+  // until the deadline, then cancels the rest; only then may the executor
+  // stop.
+  state_->grpc_server->Shutdown(std::chrono::system_clock::now() + grace);
+  state_->executor->Shutdown();
+  state_->grpc_server->Wait();
+  absl::MutexLock lock(&shutdown_mu_);
+  shutdown_done_ = true;
+}
+
+void Server::Wait() {
+  absl::MutexLock lock(&shutdown_mu_);
+  shutdown_mu_.Await(absl::Condition(&shutdown_done_));
+}
+
+}  // namespace accel::server

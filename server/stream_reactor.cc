@@ -1,0 +1,173 @@
+#include "server/stream_reactor.h"
+
+#include <utility>
+
+#include "server/op_runner.h"
+#include "server/status_util.h"
+
+namespace accel::server {
+
+void RunStreamRequest(const ServiceContext& service, const v1::StreamRequest& request,
+                      v1::StreamResponse* response) {
+  response->set_id(request.id());
+  const OpEnv& env = service.env;
+  absl::Status status;
+  switch (request.op_case()) {
+    case v1::StreamRequest::kRmsNorm:
+      status = RunRmsNorm(env, request.rms_norm(), response->mutable_rms_norm());
+      break;
+    case v1::StreamRequest::kSwiglu:
+      status = RunSwiGlu(env, request.swiglu(), response->mutable_swiglu());
+      break;
+    case v1::StreamRequest::kRope:
+      status = RunRope(env, request.rope(), response->mutable_rope());
+      break;
+    case v1::StreamRequest::kQuantize:
+      status = RunQuantize(env, request.quantize(), response->mutable_quantize());
+      break;
+    case v1::StreamRequest::kDequantize:
+      status = RunDequantize(env, request.dequantize(), response->mutable_dequantize());
+      break;
+    case v1::StreamRequest::kQuantizationError:
+      status = RunQuantizationError(env, request.quantization_error(),
+                                    response->mutable_quantization_error());
+      break;
+    case v1::StreamRequest::kLinear:
+      status = RunLinear(env, request.linear(), response->mutable_linear());
+      break;
+    case v1::StreamRequest::kFfn:
+      status = RunFfn(env, request.ffn(), response->mutable_ffn());
+      break;
+    case v1::StreamRequest::OP_NOT_SET:
+      status = absl::InvalidArgumentError(
+          "op: required (set one of rms_norm, swiglu, rope, quantize, dequantize, "
+          "quantization_error, linear, ffn)");
+      break;
+  }
+  if (!status.ok()) {
+    response->clear_result();
+    response->set_code(static_cast<int32_t>(status.code()));
+    response->set_message(std::string(status.message()));
+  }
+}
+
+StreamReactor::StreamReactor(ServiceContext* service, grpc::CallbackServerContext* call)
+    : service_(service), call_(call), start_(std::chrono::steady_clock::now()) {
+  absl::Status admitted = Admit(*service_, *call_);
+  if (!admitted.ok()) {
+    {
+      absl::MutexLock lock(&mu_);
+      finished_ = true;
+    }
+    service_->metrics->RecordRequest(Method::kStream, admitted.code(), 0.0);
+    Finish(ToGrpcStatus(admitted));
+    return;
+  }
+  bool finish;
+  {
+    absl::MutexLock lock(&mu_);
+    finish = Pump();
+  }
+  if (finish) FinishStream();
+}
+
+void StreamReactor::FinishStream() {
+  // Read under no lock: finished_ is set, nothing else touches broken_ now.
+  bool broken;
+  {
+    absl::MutexLock lock(&mu_);
+    broken = broken_;
+  }
+  Finish(broken ? grpc::Status(grpc::StatusCode::CANCELLED, "the client went away")
+                : grpc::Status::OK);
+}
+
+void StreamReactor::OnReadDone(bool ok) {
+  bool finish;
+  {
+    absl::MutexLock lock(&mu_);
+    finish = HandleRead(ok);
+  }
+  if (finish) FinishStream();
+}
+
+bool StreamReactor::HandleRead(bool ok) {
+  reading_ = false;
+  if (!ok) {
+    reads_done_ = true;
+    return Pump();
+  }
+  ++in_flight_;
+  const auto start = std::chrono::steady_clock::now();
+  auto request = std::make_shared<v1::StreamRequest>(std::move(request_));
+  request_.Clear();
+  service_->metrics->AddBytesReceived(static_cast<int64_t>(request->ByteSizeLong()));
+  absl::Status scheduled = service_->executor->Schedule([this, request, start] {
+    auto response = std::make_unique<v1::StreamResponse>();
+    RunStreamRequest(*service_, *request, response.get());
+    service_->metrics->RecordRequest(Method::kStream, static_cast<absl::StatusCode>(response->code()),
+                                     SecondsSince(start));
+    Enqueue(std::move(response));
+  });
+  if (!scheduled.ok()) {
+    // Full queue or draining: answer this message, keep the stream.
+    auto response = std::make_unique<v1::StreamResponse>();
+    response->set_id(request->id());
+    response->set_code(static_cast<int32_t>(scheduled.code()));
+    response->set_message(std::string(scheduled.message()));
+    service_->metrics->RecordRequest(Method::kStream, scheduled.code(), 0.0);
+    to_write_.push_back(std::move(response));
+  }
+  return Pump();
+}
+
+void StreamReactor::OnWriteDone(bool ok) {
+  bool finish;
+  {
+    absl::MutexLock lock(&mu_);
+    if (writing_ != nullptr) {
+      service_->metrics->AddBytesSent(static_cast<int64_t>(writing_->ByteSizeLong()));
+    }
+    writing_ = nullptr;
+    --in_flight_;
+    if (!ok) broken_ = true;
+    finish = Pump();
+  }
+  if (finish) FinishStream();
+}
+
+void StreamReactor::Enqueue(std::unique_ptr<v1::StreamResponse> response) {
+  bool finish;
+  {
+    absl::MutexLock lock(&mu_);
+    to_write_.push_back(std::move(response));
+    finish = Pump();
+  }
+  if (finish) FinishStream();
+}
+
+bool StreamReactor::Pump() {
+  if (finished_) return false;
+  if (broken_) {
+    // The client is gone: drop queued answers, finish once the executor has
+    // handed back every request it holds.
+    in_flight_ -= static_cast<int>(to_write_.size());
+    to_write_.clear();
+  }
+  if (writing_ == nullptr && !to_write_.empty()) {
+    writing_ = std::move(to_write_.front());
+    to_write_.pop_front();
+    StartWrite(writing_.get());
+  }
+  if (!reading_ && !reads_done_ && !broken_ && in_flight_ < kMaxInFlight) {
+    reading_ = true;
+    StartRead(&request_);
+  }
+  if ((reads_done_ || broken_) && !reading_ && in_flight_ == 0 && writing_ == nullptr) {
+    finished_ = true;
+    return true;
+  }
+  return false;
+}
+
+}  // namespace accel::server

@@ -1,0 +1,180 @@
+#include "server/tensor_ops_service.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "accel/util/logging.h"
+#include "server/device_info.h"
+#include "server/op_runner.h"
+#include "server/status_util.h"
+#include "server/stream_reactor.h"
+#include "server/tensor_codec.h"
+#include "server/tensor_loader.h"
+#include "server/transfer_reactors.h"
+
+namespace accel::server {
+
+using Clock = std::chrono::steady_clock;
+
+void TensorOpsService::Finish(grpc::ServerUnaryReactor* reactor, Method method,
+                              Clock::time_point start, const absl::Status& status) {
+  service_->metrics->RecordRequest(method, status.code(), SecondsSince(start));
+  if (!status.ok() && status.code() != absl::StatusCode::kCancelled &&
+      status.code() != absl::StatusCode::kDeadlineExceeded) {
+    LOG_EVERY_N_SEC(WARNING, 1.0) << MethodName(method) << " rejected: " << status;
+  }
+  reactor->Finish(ToGrpcStatus(status));
+}
+
+template <typename Work>
+grpc::ServerUnaryReactor* TensorOpsService::RunOnExecutor(grpc::CallbackServerContext* call,
+                                                          Method method, int64_t request_bytes,
+                                                          Work work) {
+  const Clock::time_point start = Clock::now();
+  grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
+  service_->metrics->AddBytesReceived(request_bytes);
+  absl::Status admitted = Admit(*service_, *call);
+  if (admitted.ok()) {
+    admitted = service_->executor->Schedule([this, call, reactor, method, start,
+                                             work = std::move(work)]() mutable {
+      absl::Status status = CheckCallAlive(*call);
+      if (status.ok()) status = work();
+      Finish(reactor, method, start, status);
+    });
+  }
+  if (!admitted.ok()) Finish(reactor, method, start, admitted);
+  return reactor;
+}
+
+template <typename Work>
+grpc::ServerUnaryReactor* TensorOpsService::RunInline(grpc::CallbackServerContext* call,
+                                                      Method method, Work work) {
+  const Clock::time_point start = Clock::now();
+  grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
+  absl::Status status = Admit(*service_, *call);
+  if (status.ok()) status = work();
+  Finish(reactor, method, start, status);
+  return reactor;
+}
+
+// The op RPCs: run on the executor, account the payload bytes both ways.
+#define ACCEL_OP_HANDLER(Rpc, Request, Response, RunFn)                                       \
+  grpc::ServerUnaryReactor* TensorOpsService::Rpc(grpc::CallbackServerContext* call,         \
+                                                  const Request* req, Response* resp) {      \
+    return RunOnExecutor(call, Method::k##Rpc, static_cast<int64_t>(req->ByteSizeLong()),    \
+                         [this, req, resp] {                                                 \
+                           absl::Status status = RunFn(service_->env, *req, resp);           \
+                           if (status.ok()) {                                                \
+                             service_->metrics->AddBytesSent(                                \
+                                 static_cast<int64_t>(resp->ByteSizeLong()));                \
+                           }                                                                 \
+                           return status;                                                    \
+                         });                                                                 \
+  }
+
+ACCEL_OP_HANDLER(RmsNorm, v1::RmsNormRequest, v1::RmsNormResponse, RunRmsNorm)
+ACCEL_OP_HANDLER(SwiGlu, v1::SwiGluRequest, v1::SwiGluResponse, RunSwiGlu)
+ACCEL_OP_HANDLER(Linear, v1::LinearRequest, v1::LinearResponse, RunLinear)
+ACCEL_OP_HANDLER(Ffn, v1::FfnRequest, v1::FfnResponse, RunFfn)
+ACCEL_OP_HANDLER(Rope, v1::RopeRequest, v1::RopeResponse, RunRope)
+ACCEL_OP_HANDLER(BuildRopeCache, v1::BuildRopeCacheRequest, v1::TensorInfo, RunBuildRopeCache)
+ACCEL_OP_HANDLER(Quantize, v1::QuantizeRequest, v1::QuantizeResponse, RunQuantize)
+ACCEL_OP_HANDLER(Dequantize, v1::DequantizeRequest, v1::DequantizeResponse, RunDequantize)
+ACCEL_OP_HANDLER(QuantizationError, v1::QuantizationErrorRequest, v1::QuantizationErrorResponse,
+                 RunQuantizationError)
+ACCEL_OP_HANDLER(QuantizeWeight, v1::QuantizeWeightRequest, v1::TensorInfo, RunQuantizeWeight)
+
+#undef ACCEL_OP_HANDLER
+
+grpc::ServerUnaryReactor* TensorOpsService::LoadTensors(grpc::CallbackServerContext* call,
+                                                        const v1::LoadTensorsRequest* req,
+                                                        v1::LoadTensorsResponse* resp) {
+  return RunOnExecutor(call, Method::kLoadTensors, 0, [this, req, resp]() -> absl::Status {
+    if (service_->model_dir.empty()) {
+      return absl::FailedPreconditionError(
+          "path: LoadTensors is disabled: start the server with --model_dir");
+    }
+    LoadOptions options;
+    options.model_dir = service_->model_dir;
+    options.path = req->path();
+    options.prefix = req->prefix();
+    options.include.assign(req->include().begin(), req->include().end());
+    if (req->dtype() != v1::DTYPE_UNSPECIFIED) {
+      auto dtype = DTypeFromProto(req->dtype(), "dtype");
+      if (!dtype.ok()) return dtype.status();
+      if (!kernels::IsFloat(*dtype)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "dtype: expected FLOAT32, FLOAT16 or BFLOAT16 to cast to, found ",
+            kernels::DTypeName(*dtype)));
+      }
+      options.dtype = *dtype;
+    }
+    options.quantize_int8 = req->quantize_int8();
+    options.overwrite = req->overwrite();
+    options.backend = service_->env.ctx.backend;
+    auto loaded = LoadSafetensors(options, *service_->store);
+    if (!loaded.ok()) return loaded.status();
+    for (const ResidentTensorPtr& tensor : *loaded) {
+      FillTensorInfo(*tensor, service_->store->device_name(), resp->add_tensors());
+    }
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* TensorOpsService::ListTensors(grpc::CallbackServerContext* call,
+                                                        const v1::ListTensorsRequest* req,
+                                                        v1::ListTensorsResponse* resp) {
+  return RunInline(call, Method::kListTensors, [this, resp] {
+    for (const ResidentTensorPtr& tensor : service_->store->List()) {
+      FillTensorInfo(*tensor, service_->store->device_name(), resp->add_tensors());
+    }
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* TensorOpsService::DeleteTensor(grpc::CallbackServerContext* call,
+                                                         const v1::DeleteTensorRequest* req,
+                                                         v1::DeleteTensorResponse* resp) {
+  return RunInline(call, Method::kDeleteTensor, [this, req, resp]() -> absl::Status {
+    if (req->name().empty()) {
+      return absl::InvalidArgumentError("name: required (the resident tensor to delete)");
+    }
+    auto removed = service_->store->Remove(req->name());
+    if (!removed.ok()) return removed.status();
+    FillTensorInfo(**removed, service_->store->device_name(), resp->mutable_deleted());
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* TensorOpsService::GetServerInfo(grpc::CallbackServerContext* call,
+                                                          const v1::GetServerInfoRequest* req,
+                                                          v1::GetServerInfoResponse* resp) {
+  return RunInline(call, Method::kGetServerInfo, [this, resp] {
+    resp->set_version(service_->version);
+    resp->set_backend(service_->backend);
+    *resp->mutable_device() = DescribeCpu();
+    resp->set_resident_bytes(service_->store->resident_bytes());
+    resp->set_resident_limit_bytes(service_->store->limit_bytes());
+    resp->set_resident_tensors(service_->store->size());
+    resp->set_max_message_bytes(service_->env.max_message_bytes);
+    *resp->mutable_batching() = service_->batching;
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerReadReactor<v1::PutTensorRequest>* TensorOpsService::PutTensor(
+    grpc::CallbackServerContext* call, v1::TensorInfo* resp) {
+  return new PutTensorReactor(service_, call, resp);
+}
+
+grpc::ServerWriteReactor<v1::GetTensorResponse>* TensorOpsService::GetTensor(
+    grpc::CallbackServerContext* call, const v1::GetTensorRequest* req) {
+  return new GetTensorReactor(service_, call, req);
+}
+
+grpc::ServerBidiReactor<v1::StreamRequest, v1::StreamResponse>* TensorOpsService::Stream(
+    grpc::CallbackServerContext* call) {
+  return new StreamReactor(service_, call);
+}
+
+}  // namespace accel::server
