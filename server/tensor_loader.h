@@ -20,12 +20,18 @@ struct LoadOptions {
   // Directory every path is resolved under; a path that escapes it (by
   // "..", an absolute path or a symbolic link) is INVALID_ARGUMENT.
   std::filesystem::path model_dir;
-  std::string path;                  // relative to model_dir
-  std::string prefix;                // prepended to each stored name
-  std::vector<std::string> include;  // globs (* and ?) on file names; empty = all
-  // Cast float tensors to this dtype; kUnspecified keeps the file's dtype.
+  std::string path;    // relative to model_dir
+  std::string prefix;  // prepended to each stored name
+  // Globs (* and ?; every other character, '/' and '.' included, matches
+  // itself) on the names in the file, before the prefix; empty = all. A
+  // non-empty list that matches no tensor is NOT_FOUND.
+  std::vector<std::string> include;
+  // Cast float tensors to this dtype (FLOAT32, FLOAT16 or BFLOAT16, rounded
+  // to nearest even; any other value is INVALID_ARGUMENT); integer tensors
+  // keep theirs. kUnspecified keeps the file's dtype.
   kernels::DType dtype = kernels::DType::kUnspecified;
-  // Store 2-D float tensors as int8 per-row quantized tensors.
+  // Store 2-D float tensors as int8 per-row quantized tensors (FLOAT32
+  // scales [rows]); other tensors are loaded (and cast) as without it.
   bool quantize_int8 = false;
   bool overwrite = false;
   kernels::Backend backend = kernels::Backend::kCpu;

@@ -90,10 +90,16 @@ class TensorStore {
   // Makes `tensor` resident under tensor->name, converting the reservation
   // (which must hold at least tensor->nbytes()) into resident bytes. An
   // existing tensor of that name is replaced when `overwrite`, else
-  // ALREADY_EXISTS and nothing changes.
+  // ALREADY_EXISTS and nothing changes. Only the bytes inserted are taken
+  // from the reservation: a surplus stays reserved until it is destroyed; a
+  // shortfall (or an empty Reservation) is taken from the free quota, or
+  // RESOURCE_EXHAUSTED. A failed call leaves the reservation as it was. A
+  // malformed name is INVALID_ARGUMENT; buffers that disagree with the
+  // tensor's dtype and shape are INTERNAL (a caller's bug).
   absl::Status Insert(std::shared_ptr<ResidentTensor> tensor, bool overwrite,
                       Reservation& reservation);
-  // All or nothing: every name is checked before any is inserted.
+  // All or nothing: every name is checked before any is inserted. The same
+  // name twice in `tensors` is INVALID_ARGUMENT.
   absl::Status InsertAll(std::vector<std::shared_ptr<ResidentTensor>> tensors, bool overwrite,
                          Reservation& reservation);
 

@@ -1,0 +1,263 @@
+// Every error code of API.md's table, returned where it says, with a message
+// that names the field; and no failed call changes a resident tensor.
+#include <future>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "server_fixture.h"
+
+namespace accel::testing {
+namespace {
+
+using kernels::DType;
+using ::testing::HasSubstr;
+
+class ErrorsTest : public ServerTest {
+ protected:
+  void SetUp() override {
+    ServerTest::SetUp();
+    ASSERT_TRUE(client().Put("w", MakeFloatTensor(DType::kFloat32, {4}, {1, 2, 3, 4})).ok());
+    v1::QuantizeRequest q;
+    *q.mutable_input() = InlineRef(MakeFloatTensor(DType::kFloat32, {2, 4}, {1, 2, 3, 4, 5, 6, 7, 8}));
+    q.set_output_name("wq");
+    ASSERT_TRUE(client().Quantize(q).ok());
+  }
+
+  v1::RmsNormRequest GoodRmsNorm() {
+    v1::RmsNormRequest req;
+    *req.mutable_input() = InlineRef(MakeFloatTensor(DType::kFloat32, {2, 4}, std::vector<float>(8, 1)));
+    *req.mutable_weight() = NamedRef("w");
+    return req;
+  }
+
+  // The store is exactly as SetUp left it.
+  void ExpectStoreIntact() {
+    auto w = client().Get("w");
+    ASSERT_TRUE(w.ok()) << w.status();
+    EXPECT_EQ(*TensorToFloats(w->ToTensor()), (std::vector<float>{1, 2, 3, 4}));
+    auto listed = client().List();
+    ASSERT_TRUE(listed.ok());
+    EXPECT_EQ(listed->size(), 2u);
+  }
+};
+
+void ExpectError(const absl::Status& status, absl::StatusCode code, const std::string& field) {
+  EXPECT_EQ(status.code(), code) << status;
+  EXPECT_THAT(std::string(status.message()), HasSubstr(field)) << status;
+}
+
+TEST_F(ErrorsTest, InvalidArgumentNamesTheField) {
+  auto req = GoodRmsNorm();
+  req.mutable_input()->mutable_value()->set_dtype(v1::DTYPE_UNSPECIFIED);
+  ExpectError(client().RmsNorm(req).status(), absl::StatusCode::kInvalidArgument, "input.dtype");
+
+  req = GoodRmsNorm();
+  req.mutable_input()->mutable_value()->set_dtype(static_cast<v1::DType>(99));
+  ExpectError(client().RmsNorm(req).status(), absl::StatusCode::kInvalidArgument, "input.dtype");
+
+  req = GoodRmsNorm();
+  req.mutable_input()->mutable_value()->mutable_data()->append("xy");
+  ExpectError(client().RmsNorm(req).status(), absl::StatusCode::kInvalidArgument, "input.data");
+
+  req = GoodRmsNorm();
+  req.mutable_input()->mutable_value()->set_shape(1, -4);
+  ExpectError(client().RmsNorm(req).status(), absl::StatusCode::kInvalidArgument, "input.shape");
+
+  req = GoodRmsNorm();
+  *req.mutable_weight() = InlineRef(MakeFloatTensor(DType::kFloat32, {3}, {1, 2, 3}));
+  ExpectError(client().RmsNorm(req).status(), absl::StatusCode::kInvalidArgument, "weight");
+
+  req = GoodRmsNorm();
+  req.set_eps(-1.0f);
+  ExpectError(client().RmsNorm(req).status(), absl::StatusCode::kInvalidArgument, "eps");
+  req.set_eps(std::nanf(""));
+  ExpectError(client().RmsNorm(req).status(), absl::StatusCode::kInvalidArgument, "eps");
+
+  req = GoodRmsNorm();
+  req.clear_input();
+  ExpectError(client().RmsNorm(req).status(), absl::StatusCode::kInvalidArgument, "input");
+
+  v1::BuildRopeCacheRequest cache;
+  cache.set_name("c");
+  cache.set_max_seq_len(16);
+  cache.set_head_dim(7);
+  ExpectError(client().BuildRopeCache(cache).status(), absl::StatusCode::kInvalidArgument,
+              "head_dim");
+
+  cache.set_head_dim(4);
+  ASSERT_TRUE(client().BuildRopeCache(cache).ok());
+  v1::RopeRequest rope;
+  *rope.mutable_q() = InlineRef(MakeFloatTensor(DType::kFloat32, {1, 2, 1, 4}, std::vector<float>(8, 1)));
+  rope.set_cache("c");
+  rope.set_position_offset(15);  // positions 15, 16: 16 is outside
+  ExpectError(client().Rope(rope).status(), absl::StatusCode::kInvalidArgument, "position");
+  ASSERT_TRUE(client().Delete("c").ok());
+
+  ExpectError(client().Put("../escape", MakeFloatTensor(DType::kFloat32, {1}, {1})).status(),
+              absl::StatusCode::kInvalidArgument, "name");
+  ExpectError(client().Put("", MakeFloatTensor(DType::kFloat32, {1}, {1})).status(),
+              absl::StatusCode::kInvalidArgument, "name");
+  ExpectError(client().Put("has space", MakeFloatTensor(DType::kFloat32, {1}, {1})).status(),
+              absl::StatusCode::kInvalidArgument, "name");
+
+  v1::QuantizeRequest q;
+  *q.mutable_input() = InlineRef(MakeFloatTensor(DType::kFloat32, {2}, {1, INFINITY}));
+  ExpectError(client().Quantize(q).status(), absl::StatusCode::kInvalidArgument, "input");
+  ExpectStoreIntact();
+}
+
+TEST_F(ErrorsTest, NotFoundForMissingNames) {
+  auto req = GoodRmsNorm();
+  *req.mutable_weight() = NamedRef("nope");
+  ExpectError(client().RmsNorm(req).status(), absl::StatusCode::kNotFound, "weight");
+  v1::RopeRequest rope;
+  *rope.mutable_q() = InlineRef(MakeFloatTensor(DType::kFloat32, {1, 1, 1, 2}, {1, 2}));
+  rope.set_cache("no-cache");
+  ExpectError(client().Rope(rope).status(), absl::StatusCode::kNotFound, "cache");
+  ExpectError(client().Delete("nope").status(), absl::StatusCode::kNotFound, "nope");
+  ExpectError(client().Get("nope").status(), absl::StatusCode::kNotFound, "nope");
+  v1::LinearRequest lin;
+  *lin.mutable_input() = InlineRef(MakeFloatTensor(DType::kFloat32, {1, 4}, {1, 2, 3, 4}));
+  lin.set_weight("nope");
+  ExpectError(client().Linear(lin).status(), absl::StatusCode::kNotFound, "weight");
+  ExpectStoreIntact();
+}
+
+TEST_F(ErrorsTest, AlreadyExistsWithoutOverwrite) {
+  ExpectError(client().Put("w", MakeFloatTensor(DType::kFloat32, {4}, {9, 9, 9, 9})).status(),
+              absl::StatusCode::kAlreadyExists, "w");
+  v1::BuildRopeCacheRequest cache;
+  cache.set_name("w");
+  cache.set_max_seq_len(4);
+  cache.set_head_dim(2);
+  ExpectError(client().BuildRopeCache(cache).status(), absl::StatusCode::kAlreadyExists, "w");
+  ExpectStoreIntact();
+  ASSERT_TRUE(client().Put("w", MakeFloatTensor(DType::kFloat32, {4}, {1, 2, 3, 4}), true).ok());
+}
+
+TEST_F(ErrorsTest, FailedPreconditionForTheWrongKindOfTensor) {
+  auto req = GoodRmsNorm();
+  *req.mutable_weight() = NamedRef("wq");
+  ExpectError(client().RmsNorm(req).status(), absl::StatusCode::kFailedPrecondition, "weight");
+  v1::RopeRequest rope;
+  *rope.mutable_q() = InlineRef(MakeFloatTensor(DType::kFloat32, {1, 1, 1, 2}, {1, 2}));
+  rope.set_cache("w");
+  ExpectError(client().Rope(rope).status(), absl::StatusCode::kFailedPrecondition, "cache");
+  v1::DequantizeRequest dq;
+  dq.set_name("w");
+  ExpectError(client().Dequantize(dq).status(), absl::StatusCode::kFailedPrecondition, "name");
+  v1::QuantizeWeightRequest qw;
+  qw.set_source("wq");
+  ExpectError(client().QuantizeWeight(qw).status(), absl::StatusCode::kFailedPrecondition,
+              "source");
+  ExpectStoreIntact();
+}
+
+TEST_F(ErrorsTest, ResourceExhaustedForQuotaAndMessageSize) {
+  auto options = LocalOptions();
+  options.max_resident_bytes = 1 << 20;
+  options.max_message_bytes = 1 << 20;
+  ClientOptions client_options;
+  client_options.max_message_bytes = 8 << 20;
+  StartServer(options, client_options);
+  ASSERT_TRUE(client().Put("a", DType::kInt8, {600 << 10}, std::string(600 << 10, 'a')).ok());
+  // 600 KiB more would pass the 1 MiB quota: refused, and "a" is intact.
+  ExpectError(client().Put("b", DType::kInt8, {600 << 10}, std::string(600 << 10, 'b')).status(),
+              absl::StatusCode::kResourceExhausted, "quota");
+  auto a = client().Get("a");
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->data, std::string(600 << 10, 'a'));
+  EXPECT_EQ(client().List()->size(), 1u);
+
+  // A 2 MiB inline request is over --max_message_bytes.
+  v1::SwiGluRequest big;
+  std::vector<float> ones(512 << 10, 1.0f);
+  *big.mutable_gate() = InlineRef(MakeFloatTensor(DType::kFloat32, {int64_t(ones.size())}, ones));
+  *big.mutable_up() = InlineRef(MakeFloatTensor(DType::kFloat32, {int64_t(ones.size())}, ones));
+  EXPECT_EQ(client().SwiGlu(big).status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST_F(ErrorsTest, ResourceExhaustedWhenTheQueueIsFull) {
+  auto options = LocalOptions();
+  options.executor_threads = 1;
+  options.max_queue_size = 1;
+  StartServer(options);
+  // A slow op: Ffn over 512 rows keeps the single worker busy while more
+  // requests arrive than the queue holds.
+  const int64_t h = 256, inter = 1024, m = 512;
+  ASSERT_TRUE(client().Put("g", MakeFloatTensor(DType::kFloat32, {inter, h}, RandomFloats(inter * h, 1))).ok());
+  ASSERT_TRUE(client().Put("u", MakeFloatTensor(DType::kFloat32, {inter, h}, RandomFloats(inter * h, 2))).ok());
+  ASSERT_TRUE(client().Put("d", MakeFloatTensor(DType::kFloat32, {h, inter}, RandomFloats(inter * h, 3))).ok());
+  v1::FfnRequest req;
+  *req.mutable_input() = InlineRef(MakeFloatTensor(DType::kFloat32, {m, h}, RandomFloats(m * h, 4)));
+  req.set_w_gate("g");
+  req.set_w_up("u");
+  req.set_w_down("d");
+  std::vector<std::future<absl::Status>> calls;
+  for (int i = 0; i < 12; ++i) {
+    calls.push_back(std::async(std::launch::async, [&] { return client().Ffn(req).status(); }));
+  }
+  int exhausted = 0, ok = 0;
+  for (auto& call : calls) {
+    absl::Status status = call.get();
+    if (status.ok()) ++ok;
+    if (status.code() == absl::StatusCode::kResourceExhausted) {
+      ++exhausted;
+      EXPECT_THAT(std::string(status.message()), HasSubstr("queue"));
+    }
+  }
+  EXPECT_GT(exhausted, 0);
+  EXPECT_GT(ok, 0);
+}
+
+TEST_F(ErrorsTest, DeadlineExceededAndCancelled) {
+  grpc::ClientContext expired;
+  expired.set_deadline(std::chrono::system_clock::now() - std::chrono::seconds(1));
+  v1::RmsNormResponse resp;
+  auto status = client().stub().RmsNorm(&expired, GoodRmsNorm(), &resp);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+
+  grpc::ClientContext cancelled;
+  cancelled.TryCancel();
+  status = client().stub().RmsNorm(&cancelled, GoodRmsNorm(), &resp);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  ExpectStoreIntact();
+}
+
+TEST_F(ErrorsTest, UnauthenticatedWithoutTheToken) {
+  auto options = LocalOptions();
+  options.auth_token = "s3cret";
+  StartServer(options);
+  EXPECT_EQ(client().List().status().code(), absl::StatusCode::kUnauthenticated);
+  Client wrong(server().grpc_target(), ClientOptions{.auth_token = "guess"});
+  ExpectError(wrong.List().status(), absl::StatusCode::kUnauthenticated, "authorization");
+  Client right(server().grpc_target(), ClientOptions{.auth_token = "s3cret"});
+  EXPECT_TRUE(right.List().ok());
+  EXPECT_TRUE(right.Put("t", MakeFloatTensor(DType::kFloat32, {1}, {1})).ok());
+  EXPECT_EQ(client().Put("t2", MakeFloatTensor(DType::kFloat32, {1}, {1})).status().code(),
+            absl::StatusCode::kUnauthenticated);
+}
+
+TEST_F(ErrorsTest, UnavailableWhileDrainingButInFlightCallsFinish) {
+  // An in-flight slow call, then a drain: the call completes, new calls fail.
+  const int64_t h = 256, inter = 2048, m = 1024;
+  ASSERT_TRUE(client().Put("g", MakeFloatTensor(DType::kFloat32, {inter, h}, RandomFloats(inter * h, 1))).ok());
+  ASSERT_TRUE(client().Put("d", MakeFloatTensor(DType::kFloat32, {h, inter}, RandomFloats(inter * h, 3))).ok());
+  v1::FfnRequest req;
+  *req.mutable_input() = InlineRef(MakeFloatTensor(DType::kFloat32, {m, h}, RandomFloats(m * h, 4)));
+  req.set_w_gate("g");
+  req.set_w_up("g");
+  req.set_w_down("d");
+  auto in_flight = std::async(std::launch::async, [&] { return client().Ffn(req).status(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let it reach the server
+  auto drain = std::async(std::launch::async,
+                          [&] { server().Shutdown(std::chrono::milliseconds(20000)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(client().List().status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(in_flight.get().ok());
+  drain.get();
+}
+
+}  // namespace
+}  // namespace accel::testing
