@@ -3,15 +3,91 @@
 #include "server/status_util.h"
 
 namespace accel::server {
+namespace {
+
+prometheus::Histogram::BucketBoundaries PowersOfTwo(double largest) {
+  prometheus::Histogram::BucketBoundaries bounds;
+  for (double bound = 1; bound <= largest; bound *= 2) bounds.push_back(bound);
+  return bounds;
+}
+
+}  // namespace
 
 const char* MethodName(Method method) {
-  static constexpr const char* kNames[kNumMethods] = {
-      "RmsNorm",     "SwiGlu",      "Linear",      "Ffn",           "Rope",
-      "BuildRopeCache", "Quantize", "Dequantize",  "QuantizationError", "QuantizeWeight",
-      "PutTensor",   "LoadTensors", "GetTensor",   "ListTensors",   "DeleteTensor",
-      "GetServerInfo", "Stream"};
+  static constexpr const char* kNames[kNumMethods] = {"RmsNorm",
+                                                      "SwiGlu",
+                                                      "Linear",
+                                                      "Ffn",
+                                                      "Rope",
+                                                      "BuildRopeCache",
+                                                      "Quantize",
+                                                      "Dequantize",
+                                                      "QuantizationError",
+                                                      "QuantizeWeight",
+                                                      "PutTensor",
+                                                      "LoadTensors",
+                                                      "GetTensor",
+                                                      "ListTensors",
+                                                      "DeleteTensor",
+                                                      "GetServerInfo",
+                                                      "Stream"};
   const int i = static_cast<int>(method);
   return i >= 0 && i < kNumMethods ? kNames[i] : "Unknown";
+}
+
+const char* OpName(Op op) {
+  static constexpr const char* kNames[kNumOps] = {"rms_norm",
+                                                  "swiglu",
+                                                  "linear",
+                                                  "ffn",
+                                                  "rope",
+                                                  "quantize",
+                                                  "dequantize",
+                                                  "quantization_error",
+                                                  "build_rope_cache",
+                                                  "quantize_weight"};
+  const int i = static_cast<int>(op);
+  return i >= 0 && i < kNumOps ? kNames[i] : "unknown";
+}
+
+std::optional<Op> OpOfMethod(Method method) {
+  switch (method) {
+    case Method::kRmsNorm:
+      return Op::kRmsNorm;
+    case Method::kSwiGlu:
+      return Op::kSwiGlu;
+    case Method::kLinear:
+      return Op::kLinear;
+    case Method::kFfn:
+      return Op::kFfn;
+    case Method::kRope:
+      return Op::kRope;
+    case Method::kBuildRopeCache:
+      return Op::kBuildRopeCache;
+    case Method::kQuantize:
+      return Op::kQuantize;
+    case Method::kDequantize:
+      return Op::kDequantize;
+    case Method::kQuantizationError:
+      return Op::kQuantizationError;
+    case Method::kQuantizeWeight:
+      return Op::kQuantizeWeight;
+    default:
+      return std::nullopt;
+  }
+}
+
+const char* PhaseName(Phase phase) {
+  switch (phase) {
+    case Phase::kH2D:
+      return "h2d";
+    case Phase::kKernel:
+      return "kernel";
+    case Phase::kD2H:
+      return "d2h";
+    default:
+      return "unknown";
+  }
 }
 
 prometheus::Histogram::BucketBoundaries LatencyBuckets() {
@@ -22,6 +98,11 @@ prometheus::Histogram::BucketBoundaries LatencyBuckets() {
   bounds.push_back(10.0);
   return bounds;
 }
+
+// Batches hold at most --max_batch_rows rows (default 4096), one or more per
+// request; a single long prompt may pass that, hence rows up to 64K.
+prometheus::Histogram::BucketBoundaries BatchRequestBuckets() { return PowersOfTwo(4096); }
+prometheus::Histogram::BucketBoundaries BatchRowBuckets() { return PowersOfTwo(65536); }
 
 ServerMetrics::ServerMetrics(prometheus::Registry& registry, const BuildInfo& build_info)
     : requests_family_(prometheus::BuildCounter()
@@ -42,10 +123,50 @@ ServerMetrics::ServerMetrics(prometheus::Registry& registry, const BuildInfo& bu
                       .Help("Tensor payload bytes sent")
                       .Register(registry)
                       .Add({})) {
-  const auto buckets = LatencyBuckets();
+  const auto latency = LatencyBuckets();
   for (int i = 0; i < kNumMethods; ++i) {
-    duration_[i] = &duration_family_.Add({{"method", MethodName(static_cast<Method>(i))}}, buckets);
+    duration_[i] = &duration_family_.Add({{"method", MethodName(static_cast<Method>(i))}}, latency);
   }
+
+  auto& queue_family = prometheus::BuildHistogram()
+                           .Name("accel_queue_duration_seconds")
+                           .Help("Time a request waited for a worker (or a batch), by op")
+                           .Register(registry);
+  auto& compute_family = prometheus::BuildHistogram()
+                             .Name("accel_compute_duration_seconds")
+                             .Help("Time of one launch by op and phase (h2d, kernel, d2h)")
+                             .Register(registry);
+  auto& batch_requests_family = prometheus::BuildHistogram()
+                                    .Name("accel_batch_requests")
+                                    .Help("Requests per launch, by op")
+                                    .Register(registry);
+  auto& batch_rows_family = prometheus::BuildHistogram()
+                                .Name("accel_batch_rows")
+                                .Help("Rows (tokens) per launch, by op")
+                                .Register(registry);
+  auto& pending_family = prometheus::BuildGauge()
+                             .Name("accel_pending_requests")
+                             .Help("Requests queued or running, by op")
+                             .Register(registry);
+  const bool device_copies = build_info.backend == "cuda";
+  const auto request_buckets = BatchRequestBuckets();
+  const auto row_buckets = BatchRowBuckets();
+  for (int i = 0; i < kNumOps; ++i) {
+    const std::string op = OpName(static_cast<Op>(i));
+    queue_[i] = &queue_family.Add({{"op", op}}, latency);
+    pending_[i] = &pending_family.Add({{"op", op}});
+    for (int p = 0; p < kNumPhases; ++p) {
+      const Phase phase = static_cast<Phase>(p);
+      // Series for phases that cannot happen would read as "always 0 s".
+      if (phase != Phase::kKernel && !device_copies) continue;
+      compute_[i][p] = &compute_family.Add({{"op", op}, {"phase", PhaseName(phase)}}, latency);
+    }
+    if (i < kNumBatchableOps) {
+      batch_requests_[i] = &batch_requests_family.Add({{"op", op}}, request_buckets);
+      batch_rows_[i] = &batch_rows_family.Add({{"op", op}}, row_buckets);
+    }
+  }
+
   prometheus::BuildGauge()
       .Name("accel_build_info")
       .Help("Constant 1, labelled with the build and serving device")
@@ -62,11 +183,11 @@ prometheus::Counter& ServerMetrics::RequestCounter(Method method, absl::StatusCo
   std::atomic<prometheus::Counter*>& slot = requests_[static_cast<int>(method)][c];
   prometheus::Counter* counter = slot.load(std::memory_order_acquire);
   if (counter == nullptr) {
-    // Family::Add is thread-safe and returns the existing child for equal
-    // labels, so a race here only repeats a lookup.
-    counter = &requests_family_.Add(
-        {{"method", MethodName(method)},
-         {"code", StatusCodeName(static_cast<absl::StatusCode>(c))}});
+    // Created on first use, not up front: 17 methods x 17 codes of zeros
+    // would bloat every scrape. Family::Add is thread-safe and returns the
+    // existing child for equal labels, so a race here only repeats a lookup.
+    counter = &requests_family_.Add({{"method", MethodName(method)},
+                                     {"code", StatusCodeName(static_cast<absl::StatusCode>(c))}});
     slot.store(counter, std::memory_order_release);
   }
   return *counter;
@@ -75,6 +196,18 @@ prometheus::Counter& ServerMetrics::RequestCounter(Method method, absl::StatusCo
 void ServerMetrics::RecordRequest(Method method, absl::StatusCode code, double seconds) {
   RequestCounter(method, code).Increment();
   duration_[static_cast<int>(method)]->Observe(seconds);
+}
+
+void ServerMetrics::ObserveCompute(Op op, Phase phase, double seconds) {
+  prometheus::Histogram* histogram = compute_[Index(op)][static_cast<int>(phase)];
+  if (histogram != nullptr) histogram->Observe(seconds);
+}
+
+void ServerMetrics::ObserveLaunch(Op op, int64_t requests, int64_t rows) {
+  const int i = Index(op);
+  if (i >= kNumBatchableOps) return;
+  batch_requests_[i]->Observe(static_cast<double>(requests));
+  batch_rows_[i]->Observe(static_cast<double>(rows));
 }
 
 }  // namespace accel::server

@@ -15,7 +15,9 @@
 #include "server/device_info.h"
 #include "server/executor.h"
 #include "server/metrics.h"
+#include "server/resident_collector.h"
 #include "server/service_context.h"
+#include "server/tensor_loader.h"
 #include "server/tensor_ops_service.h"
 #include "server/tensor_store.h"
 #include "server/version.h"
@@ -32,8 +34,8 @@ absl::Status SplitHostPort(const std::string& address, absl::string_view flag, s
   if (colon == std::string::npos || colon == 0 ||
       !absl::SimpleAtoi(absl::string_view(address).substr(colon + 1), port) || *port < 0 ||
       *port > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(flag, ": expected HOST:PORT (port 0 picks a free one), found '", address, "'"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        flag, ": expected HOST:PORT (port 0 picks a free one), found '", address, "'"));
   }
   *host = address.substr(0, colon);
   return absl::OkStatus();
@@ -49,6 +51,39 @@ absl::StatusOr<kernels::Backend> ChooseBackend(const std::string& device) {
       absl::StrCat("--device: expected auto, cpu or cuda:N, found '", device, "'"));
 }
 
+// Loads each "path[:prefix]" of --preload into the store. The error names
+// the flag and the file, since it stops the start-up.
+absl::Status Preload(const ServerOptions& options, kernels::Backend backend, TensorStore& store) {
+  for (const std::string& spec : options.preload) {
+    const std::string flag = absl::StrCat("--preload=", spec);
+    if (options.model_dir.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, ": preloading needs --model_dir (paths are relative to it)"));
+    }
+    LoadOptions load;
+    load.model_dir = options.model_dir;
+    load.backend = backend;
+    // Split at the first ':': a prefix may hold ':' (a valid name character).
+    const size_t colon = spec.find(':');
+    load.path = spec.substr(0, colon);
+    if (colon != std::string::npos) load.prefix = spec.substr(colon + 1);
+    if (load.path.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, ": expected PATH or PATH:PREFIX, found an empty path"));
+    }
+    auto loaded = LoadSafetensors(load, store);
+    if (!loaded.ok()) {
+      return absl::Status(loaded.status().code(),
+                          absl::StrCat(flag, ": ", loaded.status().message()));
+    }
+    int64_t bytes = 0;
+    for (const ResidentTensorPtr& tensor : *loaded) bytes += tensor->nbytes();
+    LOG(INFO) << "preloaded " << loaded->size() << " tensors (" << bytes << " bytes) from "
+              << load.path << (load.prefix.empty() ? "" : " with prefix ") << load.prefix;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 struct Server::State {
@@ -58,6 +93,7 @@ struct Server::State {
   std::shared_ptr<prometheus::Registry> registry;
   std::unique_ptr<ServerMetrics> metrics;
   std::unique_ptr<prometheus::Exposer> exposer;
+  std::shared_ptr<ResidentCollector> resident_collector;  // the exposer holds a weak_ptr
   ServiceContext context;
   std::unique_ptr<TensorOpsService> service;
   std::unique_ptr<grpc::Server> grpc_server;
@@ -74,8 +110,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   auto state = std::make_unique<State>();
   state->options = options;
   int requested_grpc_port = 0;
-  absl::Status status =
-      SplitHostPort(options.grpc_address, "--grpc_address", &state->grpc_host, &requested_grpc_port);
+  absl::Status status = SplitHostPort(options.grpc_address, "--grpc_address", &state->grpc_host,
+                                      &requested_grpc_port);
   if (!status.ok()) return status;
   status = SplitHostPort(options.metrics_address, "--metrics_address", &state->metrics_host,
                          &state->metrics_port);
@@ -85,17 +121,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
         "--max_message_bytes: expected 1 MiB to 2 GiB - 1, found ", options.max_message_bytes));
   }
   if (options.max_resident_bytes < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--max_resident_bytes: expected >= 0 (0 = 90% of free memory), found ",
-        options.max_resident_bytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_resident_bytes: expected >= 0 (0 = 90% of free memory), found ",
+                     options.max_resident_bytes));
   }
   auto backend = ChooseBackend(options.device);
   if (!backend.ok()) return backend.status();
 
   // Resident tensors live in RAM on the CPU backend.
-  const int64_t limit = options.max_resident_bytes > 0
-                            ? options.max_resident_bytes
-                            : HostAvailableMemoryBytes() / 10 * 9;
+  const int64_t limit = options.max_resident_bytes > 0 ? options.max_resident_bytes
+                                                       : HostAvailableMemoryBytes() / 10 * 9;
   state->store = std::make_unique<TensorStore>(TensorStore::Options{limit, "cpu"});
   const int threads = options.executor_threads > 0
                           ? options.executor_threads
@@ -114,6 +149,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
                                                options.metrics_address, ": ", e.what()));
   }
   state->exposer->RegisterCollectable(state->registry);
+  state->resident_collector = std::make_shared<ResidentCollector>(state->store.get(), HostMemory);
+  state->exposer->RegisterCollectable(state->resident_collector);
   const std::vector<int> metrics_ports = state->exposer->GetListeningPorts();
   if (!metrics_ports.empty()) state->metrics_port = metrics_ports.front();
 
@@ -128,11 +165,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   context.backend = "cpu";
   context.model_dir = options.model_dir;
   context.auth_token = options.auth_token;
+  context.access_log = options.access_log;
   context.batching.set_enabled(options.batching);
   context.batching.set_max_batch_rows(options.max_batch_rows);
   context.batching.set_max_queue_delay_us(options.max_queue_delay_us);
   context.batching.set_max_queue_size(options.max_queue_size);
   state->service = std::make_unique<TensorOpsService>(&context);
+
+  // Before the gRPC port opens: gRPC's default health service answers
+  // SERVING for "" from the moment it starts, so a server that preloaded
+  // after listening would look ready while half-loaded.
+  status = Preload(options, *backend, *state->store);
+  if (!status.ok()) return status;
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -150,7 +194,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   grpc::HealthCheckServiceInterface* health = state->grpc_server->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kServiceName, true);
-  return std::unique_ptr<Server>(new Server(std::move(state)));
+
+  auto server = std::unique_ptr<Server>(new Server(std::move(state)));
+  const State& s = *server->state_;
+  LOG(INFO) << "accel-server " << kVersion << " ready: backend=" << s.context.backend
+            << " device=\"" << device.name() << "\" resident_limit_bytes=" << s.store->limit_bytes()
+            << " resident_tensors=" << s.store->size()
+            << " resident_bytes=" << s.store->resident_bytes()
+            << " max_message_bytes=" << options.max_message_bytes << " executor_threads=" << threads
+            << " max_queue_size=" << options.max_queue_size
+            << " batching=" << (options.batching ? "on" : "off")
+            << " max_batch_rows=" << options.max_batch_rows
+            << " max_queue_delay_us=" << options.max_queue_delay_us
+            << " model_dir=" << (options.model_dir.empty() ? "(none)" : options.model_dir)
+            << " auth=" << (options.auth_token.empty() ? "off" : "token")
+            << " access_log=" << (options.access_log ? "on" : "off") << " grpc=" << s.grpc_host
+            << ":" << s.grpc_port << " metrics=" << s.metrics_host << ":" << s.metrics_port;
+  return server;
 }
 
 int Server::grpc_port() const { return state_->grpc_port; }

@@ -2,7 +2,9 @@
 // TensorOps service, health and reflection onto a gRPC server and a
 // Prometheus exposer.
 //
-// Start() returns once both ports listen; Shutdown() drains (health turns
+// Start() returns once both ports listen and any --preload finished (health
+// turns SERVING only then; the gRPC port opens after preloading, so no
+// client can see a half-loaded server); Shutdown() drains (health turns
 // NOT_SERVING, new calls get UNAVAILABLE, in-flight calls finish within the
 // grace period) and stops. Used by main.cc and, in-process, by the
 // integration tests. Thread-safe: Shutdown and Wait may be called from any
@@ -13,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -23,7 +26,7 @@ class Server;
 namespace prometheus {
 class Exposer;
 class Registry;
-}
+}  // namespace prometheus
 
 namespace accel::server {
 
@@ -39,6 +42,12 @@ struct ServerOptions {
   int64_t max_resident_bytes = 0;
   // Root for LoadTensors paths; empty disables LoadTensors.
   std::string model_dir;
+  // Safetensors files to load before the server reports SERVING, each
+  // "path" or "path:prefix" (split at the first ':'), the path relative to
+  // model_dir. A file that fails to load fails Start.
+  std::vector<std::string> preload;
+  // Log one line per finished call (method, code, bytes, latency, peer).
+  bool access_log = false;
   // "auto" (first GPU if any, else CPU), "cpu" or "cuda:N".
   std::string device = "auto";
   // When set, every TensorOps call needs "authorization: Bearer <token>".

@@ -27,9 +27,10 @@ struct ServiceContext {
   ServerMetrics* metrics = nullptr;
   OpEnv env;
   std::string version;
-  std::string backend;        // "cpu" or "cuda"
-  std::string model_dir;      // LoadTensors root; empty disables LoadTensors
-  std::string auth_token;     // empty: no authentication
+  std::string backend;      // "cpu" or "cuda"
+  std::string model_dir;    // LoadTensors root; empty disables LoadTensors
+  std::string auth_token;   // empty: no authentication
+  bool access_log = false;  // one LOG(INFO) line per finished call (--access_log)
   v1::BatchingSettings batching;
   std::atomic<bool> draining{false};
 };

@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "server/call_metrics.h"
 #include "server/op_runner.h"
 #include "server/status_util.h"
 
@@ -10,33 +11,38 @@ namespace accel::server {
 void RunStreamRequest(const ServiceContext& service, const v1::StreamRequest& request,
                       v1::StreamResponse* response) {
   response->set_id(request.id());
-  const OpEnv& env = service.env;
   absl::Status status;
   switch (request.op_case()) {
     case v1::StreamRequest::kRmsNorm:
-      status = RunRmsNorm(env, request.rms_norm(), response->mutable_rms_norm());
+      status = RunOpAndRecord(service, Op::kRmsNorm, RunRmsNorm, request.rms_norm(),
+                              response->mutable_rms_norm());
       break;
     case v1::StreamRequest::kSwiglu:
-      status = RunSwiGlu(env, request.swiglu(), response->mutable_swiglu());
+      status = RunOpAndRecord(service, Op::kSwiGlu, RunSwiGlu, request.swiglu(),
+                              response->mutable_swiglu());
       break;
     case v1::StreamRequest::kRope:
-      status = RunRope(env, request.rope(), response->mutable_rope());
+      status =
+          RunOpAndRecord(service, Op::kRope, RunRope, request.rope(), response->mutable_rope());
       break;
     case v1::StreamRequest::kQuantize:
-      status = RunQuantize(env, request.quantize(), response->mutable_quantize());
+      status = RunOpAndRecord(service, Op::kQuantize, RunQuantize, request.quantize(),
+                              response->mutable_quantize());
       break;
     case v1::StreamRequest::kDequantize:
-      status = RunDequantize(env, request.dequantize(), response->mutable_dequantize());
+      status = RunOpAndRecord(service, Op::kDequantize, RunDequantize, request.dequantize(),
+                              response->mutable_dequantize());
       break;
     case v1::StreamRequest::kQuantizationError:
-      status = RunQuantizationError(env, request.quantization_error(),
-                                    response->mutable_quantization_error());
+      status = RunOpAndRecord(service, Op::kQuantizationError, RunQuantizationError,
+                              request.quantization_error(), response->mutable_quantization_error());
       break;
     case v1::StreamRequest::kLinear:
-      status = RunLinear(env, request.linear(), response->mutable_linear());
+      status = RunOpAndRecord(service, Op::kLinear, RunLinear, request.linear(),
+                              response->mutable_linear());
       break;
     case v1::StreamRequest::kFfn:
-      status = RunFfn(env, request.ffn(), response->mutable_ffn());
+      status = RunOpAndRecord(service, Op::kFfn, RunFfn, request.ffn(), response->mutable_ffn());
       break;
     case v1::StreamRequest::OP_NOT_SET:
       status = absl::InvalidArgumentError(
@@ -101,21 +107,38 @@ bool StreamReactor::HandleRead(bool ok) {
   const auto start = std::chrono::steady_clock::now();
   auto request = std::make_shared<v1::StreamRequest>(std::move(request_));
   request_.Clear();
-  service_->metrics->AddBytesReceived(static_cast<int64_t>(request->ByteSizeLong()));
-  absl::Status scheduled = service_->executor->Schedule([this, request, start] {
+  ServerMetrics* metrics = service_->metrics;
+  metrics->AddBytesReceived(static_cast<int64_t>(request->ByteSizeLong()));
+  const std::optional<Op> op = OpOfStreamRequest(*request);
+  if (op) metrics->AddPending(*op, 1);
+  absl::Status scheduled = service_->executor->Schedule([this, request, op, start] {
+    ServerMetrics* metrics = service_->metrics;
+    if (op) metrics->ObserveQueue(*op, SecondsSince(start));
     auto response = std::make_unique<v1::StreamResponse>();
     RunStreamRequest(*service_, *request, response.get());
-    service_->metrics->RecordRequest(Method::kStream, static_cast<absl::StatusCode>(response->code()),
-                                     SecondsSince(start));
+    if (op) metrics->AddPending(*op, -1);
+    const auto code = static_cast<absl::StatusCode>(response->code());
+    metrics->RecordRequest(Method::kStream, code, SecondsSince(start));
+    if (service_->access_log) {
+      // One line per message, as accel_requests_total{method="Stream"} counts.
+      LogAccess(*call_, Method::kStream, code, static_cast<int64_t>(request->ByteSizeLong()),
+                static_cast<int64_t>(response->ByteSizeLong()), start);
+    }
     Enqueue(std::move(response));
   });
   if (!scheduled.ok()) {
     // Full queue or draining: answer this message, keep the stream.
+    if (op) metrics->AddPending(*op, -1);
     auto response = std::make_unique<v1::StreamResponse>();
     response->set_id(request->id());
     response->set_code(static_cast<int32_t>(scheduled.code()));
     response->set_message(std::string(scheduled.message()));
-    service_->metrics->RecordRequest(Method::kStream, scheduled.code(), 0.0);
+    metrics->RecordRequest(Method::kStream, scheduled.code(), 0.0);
+    if (service_->access_log) {
+      LogAccess(*call_, Method::kStream, scheduled.code(),
+                static_cast<int64_t>(request->ByteSizeLong()),
+                static_cast<int64_t>(response->ByteSizeLong()), start);
+    }
     to_write_.push_back(std::move(response));
   }
   return Pump();

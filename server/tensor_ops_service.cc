@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "accel/util/logging.h"
+#include "server/call_metrics.h"
 #include "server/device_info.h"
 #include "server/op_runner.h"
 #include "server/status_util.h"
@@ -16,9 +17,17 @@ namespace accel::server {
 
 using Clock = std::chrono::steady_clock;
 
-void TensorOpsService::Finish(grpc::ServerUnaryReactor* reactor, Method method,
-                              Clock::time_point start, const absl::Status& status) {
+void TensorOpsService::Finish(grpc::CallbackServerContext* call, grpc::ServerUnaryReactor* reactor,
+                              Method method, Clock::time_point start,
+                              const google::protobuf::Message& request,
+                              const google::protobuf::Message& response,
+                              const absl::Status& status) {
   service_->metrics->RecordRequest(method, status.code(), SecondsSince(start));
+  if (service_->access_log) {
+    // A failed call sends no response message.
+    LogAccess(*call, method, status.code(), static_cast<int64_t>(request.ByteSizeLong()),
+              status.ok() ? static_cast<int64_t>(response.ByteSizeLong()) : 0, start);
+  }
   if (!status.ok() && status.code() != absl::StatusCode::kCancelled &&
       status.code() != absl::StatusCode::kDeadlineExceeded) {
     LOG_EVERY_N_SEC(WARNING, 1.0) << MethodName(method) << " rejected: " << status;
@@ -28,48 +37,61 @@ void TensorOpsService::Finish(grpc::ServerUnaryReactor* reactor, Method method,
 
 template <typename Work>
 grpc::ServerUnaryReactor* TensorOpsService::RunOnExecutor(grpc::CallbackServerContext* call,
-                                                          Method method, int64_t request_bytes,
+                                                          Method method,
+                                                          const google::protobuf::Message& request,
+                                                          const google::protobuf::Message& response,
                                                           Work work) {
   const Clock::time_point start = Clock::now();
   grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
-  service_->metrics->AddBytesReceived(request_bytes);
+  ServerMetrics* metrics = service_->metrics;
+  // Only the ops carry tensor payloads (LoadTensors runs here too).
+  const std::optional<Op> op = OpOfMethod(method);
+  if (op) metrics->AddBytesReceived(static_cast<int64_t>(request.ByteSizeLong()));
   absl::Status admitted = Admit(*service_, *call);
   if (admitted.ok()) {
-    admitted = service_->executor->Schedule([this, call, reactor, method, start,
-                                             work = std::move(work)]() mutable {
-      absl::Status status = CheckCallAlive(*call);
-      if (status.ok()) status = work();
-      Finish(reactor, method, start, status);
-    });
+    if (op) metrics->AddPending(*op, 1);
+    admitted = service_->executor->Schedule(
+        [this, call, reactor, method, op, start, enqueued = Clock::now(), request = &request,
+         response = &response, work = std::move(work)]() mutable {
+          if (op) service_->metrics->ObserveQueue(*op, SecondsSince(enqueued));
+          absl::Status status = CheckCallAlive(*call);
+          if (status.ok()) status = work();
+          // No longer pending once answered, so a scrape after the reply agrees.
+          if (op) service_->metrics->AddPending(*op, -1);
+          Finish(call, reactor, method, start, *request, *response, status);
+        });
+    if (!admitted.ok() && op) metrics->AddPending(*op, -1);
   }
-  if (!admitted.ok()) Finish(reactor, method, start, admitted);
+  if (!admitted.ok()) Finish(call, reactor, method, start, request, response, admitted);
   return reactor;
 }
 
 template <typename Work>
 grpc::ServerUnaryReactor* TensorOpsService::RunInline(grpc::CallbackServerContext* call,
-                                                      Method method, Work work) {
+                                                      Method method,
+                                                      const google::protobuf::Message& request,
+                                                      const google::protobuf::Message& response,
+                                                      Work work) {
   const Clock::time_point start = Clock::now();
   grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
   absl::Status status = Admit(*service_, *call);
   if (status.ok()) status = work();
-  Finish(reactor, method, start, status);
+  Finish(call, reactor, method, start, request, response, status);
   return reactor;
 }
 
-// The op RPCs: run on the executor, account the payload bytes both ways.
-#define ACCEL_OP_HANDLER(Rpc, Request, Response, RunFn)                                       \
-  grpc::ServerUnaryReactor* TensorOpsService::Rpc(grpc::CallbackServerContext* call,         \
-                                                  const Request* req, Response* resp) {      \
-    return RunOnExecutor(call, Method::k##Rpc, static_cast<int64_t>(req->ByteSizeLong()),    \
-                         [this, req, resp] {                                                 \
-                           absl::Status status = RunFn(service_->env, *req, resp);           \
-                           if (status.ok()) {                                                \
-                             service_->metrics->AddBytesSent(                                \
-                                 static_cast<int64_t>(resp->ByteSizeLong()));                \
-                           }                                                                 \
-                           return status;                                                    \
-                         });                                                                 \
+// The op RPCs: run on the executor, time the op runner, account the payload
+// bytes both ways.
+#define ACCEL_OP_HANDLER(Rpc, Request, Response, RunFn)                                 \
+  grpc::ServerUnaryReactor* TensorOpsService::Rpc(grpc::CallbackServerContext* call,    \
+                                                  const Request* req, Response* resp) { \
+    return RunOnExecutor(call, Method::k##Rpc, *req, *resp, [this, req, resp] {         \
+      absl::Status status = RunOpAndRecord(*service_, Op::k##Rpc, RunFn, *req, resp);   \
+      if (status.ok()) {                                                                \
+        service_->metrics->AddBytesSent(static_cast<int64_t>(resp->ByteSizeLong()));    \
+      }                                                                                 \
+      return status;                                                                    \
+    });                                                                                 \
   }
 
 ACCEL_OP_HANDLER(RmsNorm, v1::RmsNormRequest, v1::RmsNormResponse, RunRmsNorm)
@@ -89,42 +111,43 @@ ACCEL_OP_HANDLER(QuantizeWeight, v1::QuantizeWeightRequest, v1::TensorInfo, RunQ
 grpc::ServerUnaryReactor* TensorOpsService::LoadTensors(grpc::CallbackServerContext* call,
                                                         const v1::LoadTensorsRequest* req,
                                                         v1::LoadTensorsResponse* resp) {
-  return RunOnExecutor(call, Method::kLoadTensors, 0, [this, req, resp]() -> absl::Status {
-    if (service_->model_dir.empty()) {
-      return absl::FailedPreconditionError(
-          "path: LoadTensors is disabled: start the server with --model_dir");
-    }
-    LoadOptions options;
-    options.model_dir = service_->model_dir;
-    options.path = req->path();
-    options.prefix = req->prefix();
-    options.include.assign(req->include().begin(), req->include().end());
-    if (req->dtype() != v1::DTYPE_UNSPECIFIED) {
-      auto dtype = DTypeFromProto(req->dtype(), "dtype");
-      if (!dtype.ok()) return dtype.status();
-      if (!kernels::IsFloat(*dtype)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "dtype: expected FLOAT32, FLOAT16 or BFLOAT16 to cast to, found ",
-            kernels::DTypeName(*dtype)));
-      }
-      options.dtype = *dtype;
-    }
-    options.quantize_int8 = req->quantize_int8();
-    options.overwrite = req->overwrite();
-    options.backend = service_->env.ctx.backend;
-    auto loaded = LoadSafetensors(options, *service_->store);
-    if (!loaded.ok()) return loaded.status();
-    for (const ResidentTensorPtr& tensor : *loaded) {
-      FillTensorInfo(*tensor, service_->store->device_name(), resp->add_tensors());
-    }
-    return absl::OkStatus();
-  });
+  return RunOnExecutor(
+      call, Method::kLoadTensors, *req, *resp, [this, req, resp]() -> absl::Status {
+        if (service_->model_dir.empty()) {
+          return absl::FailedPreconditionError(
+              "path: LoadTensors is disabled: start the server with --model_dir");
+        }
+        LoadOptions options;
+        options.model_dir = service_->model_dir;
+        options.path = req->path();
+        options.prefix = req->prefix();
+        options.include.assign(req->include().begin(), req->include().end());
+        if (req->dtype() != v1::DTYPE_UNSPECIFIED) {
+          auto dtype = DTypeFromProto(req->dtype(), "dtype");
+          if (!dtype.ok()) return dtype.status();
+          if (!kernels::IsFloat(*dtype)) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("dtype: expected FLOAT32, FLOAT16 or BFLOAT16 to cast to, found ",
+                             kernels::DTypeName(*dtype)));
+          }
+          options.dtype = *dtype;
+        }
+        options.quantize_int8 = req->quantize_int8();
+        options.overwrite = req->overwrite();
+        options.backend = service_->env.ctx.backend;
+        auto loaded = LoadSafetensors(options, *service_->store);
+        if (!loaded.ok()) return loaded.status();
+        for (const ResidentTensorPtr& tensor : *loaded) {
+          FillTensorInfo(*tensor, service_->store->device_name(), resp->add_tensors());
+        }
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* TensorOpsService::ListTensors(grpc::CallbackServerContext* call,
                                                         const v1::ListTensorsRequest* req,
                                                         v1::ListTensorsResponse* resp) {
-  return RunInline(call, Method::kListTensors, [this, resp] {
+  return RunInline(call, Method::kListTensors, *req, *resp, [this, resp] {
     for (const ResidentTensorPtr& tensor : service_->store->List()) {
       FillTensorInfo(*tensor, service_->store->device_name(), resp->add_tensors());
     }
@@ -135,7 +158,7 @@ grpc::ServerUnaryReactor* TensorOpsService::ListTensors(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* TensorOpsService::DeleteTensor(grpc::CallbackServerContext* call,
                                                          const v1::DeleteTensorRequest* req,
                                                          v1::DeleteTensorResponse* resp) {
-  return RunInline(call, Method::kDeleteTensor, [this, req, resp]() -> absl::Status {
+  return RunInline(call, Method::kDeleteTensor, *req, *resp, [this, req, resp]() -> absl::Status {
     if (req->name().empty()) {
       return absl::InvalidArgumentError("name: required (the resident tensor to delete)");
     }
@@ -149,7 +172,7 @@ grpc::ServerUnaryReactor* TensorOpsService::DeleteTensor(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* TensorOpsService::GetServerInfo(grpc::CallbackServerContext* call,
                                                           const v1::GetServerInfoRequest* req,
                                                           v1::GetServerInfoResponse* resp) {
-  return RunInline(call, Method::kGetServerInfo, [this, resp] {
+  return RunInline(call, Method::kGetServerInfo, *req, *resp, [this, resp] {
     resp->set_version(service_->version);
     resp->set_backend(service_->backend);
     *resp->mutable_device() = DescribeCpu();

@@ -65,15 +65,20 @@ class TensorOpsService final : public v1::TensorOps::CallbackService {
 
  private:
   // Admits the call and runs `work` (returning the call's status) on the
-  // executor; finishes the reactor and records metrics.
+  // executor; finishes the reactor and records metrics. `request` and
+  // `response` are the call's messages (for byte counts and the access log).
   template <typename Work>
   grpc::ServerUnaryReactor* RunOnExecutor(grpc::CallbackServerContext* call, Method method,
-                                          int64_t request_bytes, Work work);
+                                          const google::protobuf::Message& request,
+                                          const google::protobuf::Message& response, Work work);
   // Answers inline on the gRPC thread (for cheap calls).
   template <typename Work>
-  grpc::ServerUnaryReactor* RunInline(grpc::CallbackServerContext* call, Method method, Work work);
-  void Finish(grpc::ServerUnaryReactor* reactor, Method method,
-              std::chrono::steady_clock::time_point start, const absl::Status& status);
+  grpc::ServerUnaryReactor* RunInline(grpc::CallbackServerContext* call, Method method,
+                                      const google::protobuf::Message& request,
+                                      const google::protobuf::Message& response, Work work);
+  void Finish(grpc::CallbackServerContext* call, grpc::ServerUnaryReactor* reactor, Method method,
+              std::chrono::steady_clock::time_point start, const google::protobuf::Message& request,
+              const google::protobuf::Message& response, const absl::Status& status);
 
   ServiceContext* service_;
 };

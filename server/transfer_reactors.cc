@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "accel/util/logging.h"
 #include "accel/util/status_macros.h"
+#include "server/call_metrics.h"
 #include "server/status_util.h"
 #include "server/tensor_codec.h"
 
@@ -22,7 +23,9 @@ constexpr int64_t kMessageOverheadBytes = int64_t{64} << 10;
 
 PutTensorReactor::PutTensorReactor(ServiceContext* service, grpc::CallbackServerContext* call,
                                    v1::TensorInfo* response)
-    : service_(service), call_(call), response_(response),
+    : service_(service),
+      call_(call),
+      response_(response),
       start_(std::chrono::steady_clock::now()) {
   absl::Status admitted = Admit(*service_, *call_);
   if (!admitted.ok()) {
@@ -56,8 +59,8 @@ absl::Status PutTensorReactor::Begin(const v1::PutTensorRequest& first) {
   // Refuse a taken name before the client uploads gigabytes for nothing;
   // Insert checks again at the end.
   if (!overwrite_ && service_->store->Get(first.name()).ok()) {
-    return absl::AlreadyExistsError(absl::StrCat(
-        "name: a resident tensor named '", first.name(), "' exists (set overwrite to replace it)"));
+    return absl::AlreadyExistsError(absl::StrCat("name: a resident tensor named '", first.name(),
+                                                 "' exists (set overwrite to replace it)"));
   }
   auto tensor = std::make_shared<ResidentTensor>();
   tensor->name = first.name();
@@ -65,8 +68,8 @@ absl::Status PutTensorReactor::Begin(const v1::PutTensorRequest& first) {
   tensor->shape = std::move(shape);
   const int64_t nbytes = kernels::NumElements(tensor->shape) * kernels::ItemSize(dtype);
   ASSIGN_OR_RETURN(reservation_, service_->store->Reserve(nbytes));
-  ASSIGN_OR_RETURN(tensor->values,
-                   kernels::Buffer::Allocate(service_->env.ctx.backend, static_cast<size_t>(nbytes)));
+  ASSIGN_OR_RETURN(tensor->values, kernels::Buffer::Allocate(service_->env.ctx.backend,
+                                                             static_cast<size_t>(nbytes)));
   tensor_ = std::move(tensor);
   return Append(first.data());
 }
@@ -105,6 +108,11 @@ void PutTensorReactor::FinishWith(const absl::Status& status) {
   tensor_ = nullptr;
   reservation_ = Reservation();
   service_->metrics->RecordRequest(Method::kPutTensor, status.code(), SecondsSince(start_));
+  if (service_->access_log) {
+    // Request bytes: the tensor data accepted (the stream's payload).
+    LogAccess(*call_, Method::kPutTensor, status.code(), static_cast<int64_t>(received_),
+              status.ok() ? static_cast<int64_t>(response_->ByteSizeLong()) : 0, start_);
+  }
   if (!status.ok() && status.code() != absl::StatusCode::kCancelled) {
     LOG_EVERY_N_SEC(WARNING, 1.0) << "PutTensor rejected: " << status;
   }
@@ -115,7 +123,7 @@ void PutTensorReactor::FinishWith(const absl::Status& status) {
 
 GetTensorReactor::GetTensorReactor(ServiceContext* service, grpc::CallbackServerContext* call,
                                    const v1::GetTensorRequest* request)
-    : service_(service), start_(std::chrono::steady_clock::now()) {
+    : service_(service), call_(call), request_(request), start_(std::chrono::steady_clock::now()) {
   absl::Status status = Admit(*service_, *call);
   if (status.ok()) status = Start(*request);
   if (!status.ok()) {
@@ -185,6 +193,11 @@ void GetTensorReactor::OnWriteDone(bool ok) {
 
 void GetTensorReactor::FinishWith(const absl::Status& status) {
   service_->metrics->RecordRequest(Method::kGetTensor, status.code(), SecondsSince(start_));
+  if (service_->access_log) {
+    // Response bytes: the tensor data written (the stream's payload).
+    LogAccess(*call_, Method::kGetTensor, status.code(),
+              static_cast<int64_t>(request_->ByteSizeLong()), static_cast<int64_t>(sent_), start_);
+  }
   if (!status.ok() && status.code() != absl::StatusCode::kCancelled) {
     LOG_EVERY_N_SEC(WARNING, 1.0) << "GetTensor rejected: " << status;
   }

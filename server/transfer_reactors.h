@@ -62,6 +62,8 @@ class GetTensorReactor final : public grpc::ServerWriteReactor<v1::GetTensorResp
   void FinishWith(const absl::Status& status);
 
   ServiceContext* service_;
+  grpc::CallbackServerContext* call_;
+  const v1::GetTensorRequest* request_;  // owned by gRPC until OnDone
   const std::chrono::steady_clock::time_point start_;
   ResidentTensorPtr tensor_;
   v1::GetTensorResponse message_;
