@@ -19,8 +19,8 @@ absl::Status Executor::Schedule(absl::AnyInvocable<void() &&> task) {
   if (stopping_) return absl::UnavailableError("the server is draining for shutdown");
   if (static_cast<int64_t>(queue_.size()) >= options_.max_queue_size) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "the request queue is full (", queue_.size(), " waiting, --max_queue_size=",
-        options_.max_queue_size, "); retry with backoff"));
+        "the request queue is full (", queue_.size(),
+        " waiting, --max_queue_size=", options_.max_queue_size, "); retry with backoff"));
   }
   queue_.push_back(std::move(task));
   return absl::OkStatus();

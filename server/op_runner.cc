@@ -22,8 +22,8 @@ constexpr double kDefaultRopeBase = 10000.0;
 absl::Status DistinctNames(const std::string& a, absl::string_view a_field, const std::string& b,
                            absl::string_view b_field) {
   if (!a.empty() && a == b) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(b_field, ": expected a name other than ", a_field, ", found '", b, "' for both"));
+    return absl::InvalidArgumentError(absl::StrCat(b_field, ": expected a name other than ",
+                                                   a_field, ", found '", b, "' for both"));
   }
   return absl::OkStatus();
 }
@@ -49,7 +49,8 @@ absl::StatusOr<QuantizedOutput> MakeQuantizedOutput(const OpEnv& env, const std:
   const int64_t scales_bytes = kernels::NumElements(spec.scales.shape) * int64_t{4};
   ASSIGN_OR_RETURN(out.reservation, env.store->Reserve(values_bytes + scales_bytes));
   ASSIGN_OR_RETURN(out.tensor->values, kernels::Buffer::Allocate(env.ctx.backend, values_bytes));
-  ASSIGN_OR_RETURN(kernels::Buffer scales, kernels::Buffer::Allocate(env.ctx.backend, scales_bytes));
+  ASSIGN_OR_RETURN(kernels::Buffer scales,
+                   kernels::Buffer::Allocate(env.ctx.backend, scales_bytes));
   out.tensor->scales = std::move(scales);
   out.values = {spec.values.dtype, spec.values.shape, out.tensor->values.data()};
   out.scales = {spec.scales.dtype, spec.scales.shape, out.tensor->scales->data()};
@@ -58,7 +59,8 @@ absl::StatusOr<QuantizedOutput> MakeQuantizedOutput(const OpEnv& env, const std:
 
 }  // namespace
 
-absl::Status RunRmsNorm(const OpEnv& env, const v1::RmsNormRequest& req, v1::RmsNormResponse* resp) {
+absl::Status RunRmsNorm(const OpEnv& env, const v1::RmsNormRequest& req,
+                        v1::RmsNormResponse* resp) {
   const TensorStore& store = *env.store;
   ASSIGN_OR_RETURN(ResolvedInput input, ResolveInput(req.input(), "input", store));
   ASSIGN_OR_RETURN(ResolvedInput weight, ResolveInput(req.weight(), "weight", store));
@@ -69,9 +71,8 @@ absl::Status RunRmsNorm(const OpEnv& env, const v1::RmsNormRequest& req, v1::Rms
   const bool want_residual = req.return_residual() || !req.residual_output_name().empty();
   if (want_residual && !residual.has_value()) {
     return absl::InvalidArgumentError(
-        req.return_residual()
-            ? "return_residual: needs a residual input (set residual)"
-            : "residual_output_name: needs a residual input (set residual)");
+        req.return_residual() ? "return_residual: needs a residual input (set residual)"
+                              : "residual_output_name: needs a residual input (set residual)");
   }
   RETURN_IF_ERROR(DistinctNames(req.output_name(), "output_name", req.residual_output_name(),
                                 "residual_output_name"));
@@ -83,14 +84,13 @@ absl::Status RunRmsNorm(const OpEnv& env, const v1::RmsNormRequest& req, v1::Rms
   args.eps = req.has_eps() ? req.eps() : kDefaultEps;
   ASSIGN_OR_RETURN(OutputSpec spec, kernels::CheckRmsNorm(args));
 
-  ASSIGN_OR_RETURN(OutputSlot output,
-                   OutputSlot::Make(env, req.output_name(), "output_name", spec,
-                                    resp->mutable_output()));
+  ASSIGN_OR_RETURN(OutputSlot output, OutputSlot::Make(env, req.output_name(), "output_name", spec,
+                                                       resp->mutable_output()));
   std::optional<OutputSlot> residual_out;
   if (want_residual) {
-    ASSIGN_OR_RETURN(residual_out, OutputSlot::Make(env, req.residual_output_name(),
-                                                    "residual_output_name", spec,
-                                                    resp->mutable_residual()));
+    ASSIGN_OR_RETURN(residual_out,
+                     OutputSlot::Make(env, req.residual_output_name(), "residual_output_name", spec,
+                                      resp->mutable_residual()));
   }
   RETURN_IF_ERROR(kernels::RmsNorm(env.ctx, args, output.view(),
                                    residual_out.has_value() ? &residual_out->view() : nullptr));
@@ -134,7 +134,8 @@ absl::Status RunFfn(const OpEnv& env, const v1::FfnRequest& req, v1::FfnResponse
   ASSIGN_OR_RETURN(ResolvedWeight w_down, ResolveWeight(req.w_down(), "w_down", store));
   ASSIGN_OR_RETURN(std::optional<ResolvedInput> b_gate,
                    ResolveOptionalBias(req.b_gate(), "b_gate", store));
-  ASSIGN_OR_RETURN(std::optional<ResolvedInput> b_up, ResolveOptionalBias(req.b_up(), "b_up", store));
+  ASSIGN_OR_RETURN(std::optional<ResolvedInput> b_up,
+                   ResolveOptionalBias(req.b_up(), "b_up", store));
   ASSIGN_OR_RETURN(std::optional<ResolvedInput> b_down,
                    ResolveOptionalBias(req.b_down(), "b_down", store));
   kernels::FfnArgs args;
@@ -161,11 +162,12 @@ absl::Status RunRope(const OpEnv& env, const v1::RopeRequest& req, v1::RopeRespo
   } else if (!req.k_output_name().empty()) {
     return absl::InvalidArgumentError("k_output_name: needs a k input (set k)");
   }
-  RETURN_IF_ERROR(DistinctNames(req.output_name(), "output_name", req.k_output_name(),
-                                "k_output_name"));
+  RETURN_IF_ERROR(
+      DistinctNames(req.output_name(), "output_name", req.k_output_name(), "k_output_name"));
   if (req.style() != v1::INTERLEAVED && req.style() != v1::HALF_SPLIT) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "style: expected INTERLEAVED (0) or HALF_SPLIT (1), found ", static_cast<int>(req.style())));
+    return absl::InvalidArgumentError(
+        absl::StrCat("style: expected INTERLEAVED (0) or HALF_SPLIT (1), found ",
+                     static_cast<int>(req.style())));
   }
 
   kernels::RopeArgs args;
@@ -187,10 +189,12 @@ absl::Status RunRope(const OpEnv& env, const v1::RopeRequest& req, v1::RopeRespo
     const bool is_cache = !cache->quantized() && cache->dtype == DType::kFloat32 &&
                           cache->shape.size() == 3 && cache->shape[0] == 2;
     if (!is_cache) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "cache: '", req.cache(), "' is not a RoPE cache: expected FLOAT32 [2, P, D/2] (see "
-          "BuildRopeCache), found ", cache->quantized() ? "quantized " : "",
-          kernels::DTypeName(cache->dtype), " ", kernels::ShapeToString(cache->shape)));
+      return absl::FailedPreconditionError(
+          absl::StrCat("cache: '", req.cache(),
+                       "' is not a RoPE cache: expected FLOAT32 [2, P, D/2] (see "
+                       "BuildRopeCache), found ",
+                       cache->quantized() ? "quantized " : "", kernels::DTypeName(cache->dtype),
+                       " ", kernels::ShapeToString(cache->shape)));
     }
     const kernels::Shape table{cache->shape[1], cache->shape[2]};
     const size_t table_bytes = kernels::NumElements(table) * sizeof(float);
@@ -199,9 +203,9 @@ absl::Status RunRope(const OpEnv& env, const v1::RopeRequest& req, v1::RopeRespo
     args.sin = ConstTensorView{DType::kFloat32, table, base + table_bytes};
   } else {
     if (!IsSet(req.cos()) || !IsSet(req.sin())) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          IsSet(req.cos()) ? "sin" : "cos",
-          ": required: set cache to the name of a RoPE cache, or both cos and sin"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(IsSet(req.cos()) ? "sin" : "cos",
+                       ": required: set cache to the name of a RoPE cache, or both cos and sin"));
     }
     ASSIGN_OR_RETURN(cos, ResolveInput(req.cos(), "cos", store));
     ASSIGN_OR_RETURN(sin, ResolveInput(req.sin(), "sin", store));
@@ -221,8 +225,8 @@ absl::Status RunRope(const OpEnv& env, const v1::RopeRequest& req, v1::RopeRespo
   args.position_offset = req.position_offset();
 
   ASSIGN_OR_RETURN(OutputSpec q_spec, kernels::CheckRope(args));
-  ASSIGN_OR_RETURN(OutputSlot q_out, OutputSlot::Make(env, req.output_name(), "output_name",
-                                                      q_spec, resp->mutable_q()));
+  ASSIGN_OR_RETURN(OutputSlot q_out, OutputSlot::Make(env, req.output_name(), "output_name", q_spec,
+                                                      resp->mutable_q()));
   std::optional<OutputSlot> k_out;
   if (k.has_value()) {
     const OutputSpec k_spec{k->view.dtype, k->view.shape};
@@ -323,8 +327,8 @@ absl::Status RunBuildRopeCache(const OpEnv& env, const v1::BuildRopeCacheRequest
   const double base = req.has_base() ? req.base() : kDefaultRopeBase;
   RETURN_IF_ERROR(kernels::CheckRopeCacheParams(req.max_seq_len(), req.head_dim(), base));
   if (!req.overwrite() && env.store->Get(req.name()).ok()) {
-    return absl::AlreadyExistsError(absl::StrCat(
-        "name: a resident tensor named '", req.name(), "' exists (set overwrite to replace it)"));
+    return absl::AlreadyExistsError(absl::StrCat("name: a resident tensor named '", req.name(),
+                                                 "' exists (set overwrite to replace it)"));
   }
   const int64_t half = req.head_dim() / 2;
   const int64_t table_elements = req.max_seq_len() * half;

@@ -35,8 +35,8 @@ absl::StatusOr<kernels::Shape> ShapeFromProto(const google::protobuf::RepeatedFi
     }
     // Checked before multiplying, so the product never overflows.
     if (d != 0 && elements > kernels::kMaxElements / d) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ": shape ", kernels::ShapeToString(result), " has more than 2^48 elements"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": shape ", kernels::ShapeToString(result), " has more than 2^48 elements"));
     }
     elements *= d;
   }
@@ -50,10 +50,10 @@ absl::StatusOr<ConstTensorView> ViewOfTensor(const v1::Tensor& tensor, absl::str
   ConstTensorView view{dtype, std::move(shape), tensor.data().data()};
   const size_t expected = view.nbytes();
   if (tensor.data().size() != expected) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, ".data: expected ", expected, " bytes (", kernels::ShapeToString(view.shape), " x ",
-        kernels::ItemSize(dtype), "-byte ", kernels::DTypeName(dtype), "), found ",
-        tensor.data().size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ".data: expected ", expected, " bytes (",
+                     kernels::ShapeToString(view.shape), " x ", kernels::ItemSize(dtype), "-byte ",
+                     kernels::DTypeName(dtype), "), found ", tensor.data().size()));
   }
   return view;
 }
@@ -93,9 +93,10 @@ absl::StatusOr<ResolvedWeight> ResolveWeight(const std::string& name, absl::stri
   weight.view.values = tensor->view();
   if (tensor->quantized()) weight.view.scales = tensor->scales_view();
   if (!tensor->quantized() && !kernels::IsFloat(tensor->dtype)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        field, ": '", name, "' is ", kernels::DTypeName(tensor->dtype),
-        "; a weight must be a float tensor or an int8 quantized tensor (see Quantize, QuantizeWeight)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(field, ": '", name, "' is ", kernels::DTypeName(tensor->dtype),
+                     "; a weight must be a float tensor or an int8 quantized tensor (see Quantize, "
+                     "QuantizeWeight)"));
   }
   weight.resident = std::move(tensor);
   return weight;

@@ -66,7 +66,6 @@ kernels::TensorView PrepareOutputTensor(const kernels::OutputSpec& spec, v1::Ten
 // Sets dtype and shape only (for results kept resident).
 void DescribeTensor(const kernels::OutputSpec& spec, v1::Tensor* out);
 
-void FillTensorInfo(const ResidentTensor& tensor, const std::string& device,
-                    v1::TensorInfo* info);
+void FillTensorInfo(const ResidentTensor& tensor, const std::string& device, v1::TensorInfo* info);
 
 }  // namespace accel::server

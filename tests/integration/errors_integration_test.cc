@@ -19,14 +19,16 @@ class ErrorsTest : public ServerTest {
     ServerTest::SetUp();
     ASSERT_TRUE(client().Put("w", MakeFloatTensor(DType::kFloat32, {4}, {1, 2, 3, 4})).ok());
     v1::QuantizeRequest q;
-    *q.mutable_input() = InlineRef(MakeFloatTensor(DType::kFloat32, {2, 4}, {1, 2, 3, 4, 5, 6, 7, 8}));
+    *q.mutable_input() =
+        InlineRef(MakeFloatTensor(DType::kFloat32, {2, 4}, {1, 2, 3, 4, 5, 6, 7, 8}));
     q.set_output_name("wq");
     ASSERT_TRUE(client().Quantize(q).ok());
   }
 
   v1::RmsNormRequest GoodRmsNorm() {
     v1::RmsNormRequest req;
-    *req.mutable_input() = InlineRef(MakeFloatTensor(DType::kFloat32, {2, 4}, std::vector<float>(8, 1)));
+    *req.mutable_input() =
+        InlineRef(MakeFloatTensor(DType::kFloat32, {2, 4}, std::vector<float>(8, 1)));
     *req.mutable_weight() = NamedRef("w");
     return req;
   }
@@ -88,7 +90,8 @@ TEST_F(ErrorsTest, InvalidArgumentNamesTheField) {
   cache.set_head_dim(4);
   ASSERT_TRUE(client().BuildRopeCache(cache).ok());
   v1::RopeRequest rope;
-  *rope.mutable_q() = InlineRef(MakeFloatTensor(DType::kFloat32, {1, 2, 1, 4}, std::vector<float>(8, 1)));
+  *rope.mutable_q() =
+      InlineRef(MakeFloatTensor(DType::kFloat32, {1, 2, 1, 4}, std::vector<float>(8, 1)));
   rope.set_cache("c");
   rope.set_position_offset(15);  // positions 15, 16: 16 is outside
   ExpectError(client().Rope(rope).status(), absl::StatusCode::kInvalidArgument, "position");
@@ -186,11 +189,21 @@ TEST_F(ErrorsTest, ResourceExhaustedWhenTheQueueIsFull) {
   // A slow op: Ffn over 512 rows keeps the single worker busy while more
   // requests arrive than the queue holds.
   const int64_t h = 256, inter = 1024, m = 512;
-  ASSERT_TRUE(client().Put("g", MakeFloatTensor(DType::kFloat32, {inter, h}, RandomFloats(inter * h, 1))).ok());
-  ASSERT_TRUE(client().Put("u", MakeFloatTensor(DType::kFloat32, {inter, h}, RandomFloats(inter * h, 2))).ok());
-  ASSERT_TRUE(client().Put("d", MakeFloatTensor(DType::kFloat32, {h, inter}, RandomFloats(inter * h, 3))).ok());
+  ASSERT_TRUE(
+      client()
+          .Put("g", MakeFloatTensor(DType::kFloat32, {inter, h}, RandomFloats(inter * h, 1)))
+          .ok());
+  ASSERT_TRUE(
+      client()
+          .Put("u", MakeFloatTensor(DType::kFloat32, {inter, h}, RandomFloats(inter * h, 2)))
+          .ok());
+  ASSERT_TRUE(
+      client()
+          .Put("d", MakeFloatTensor(DType::kFloat32, {h, inter}, RandomFloats(inter * h, 3)))
+          .ok());
   v1::FfnRequest req;
-  *req.mutable_input() = InlineRef(MakeFloatTensor(DType::kFloat32, {m, h}, RandomFloats(m * h, 4)));
+  *req.mutable_input() =
+      InlineRef(MakeFloatTensor(DType::kFloat32, {m, h}, RandomFloats(m * h, 4)));
   req.set_w_gate("g");
   req.set_w_up("u");
   req.set_w_down("d");
@@ -242,17 +255,24 @@ TEST_F(ErrorsTest, UnauthenticatedWithoutTheToken) {
 TEST_F(ErrorsTest, UnavailableWhileDrainingButInFlightCallsFinish) {
   // An in-flight slow call, then a drain: the call completes, new calls fail.
   const int64_t h = 256, inter = 2048, m = 1024;
-  ASSERT_TRUE(client().Put("g", MakeFloatTensor(DType::kFloat32, {inter, h}, RandomFloats(inter * h, 1))).ok());
-  ASSERT_TRUE(client().Put("d", MakeFloatTensor(DType::kFloat32, {h, inter}, RandomFloats(inter * h, 3))).ok());
+  ASSERT_TRUE(
+      client()
+          .Put("g", MakeFloatTensor(DType::kFloat32, {inter, h}, RandomFloats(inter * h, 1)))
+          .ok());
+  ASSERT_TRUE(
+      client()
+          .Put("d", MakeFloatTensor(DType::kFloat32, {h, inter}, RandomFloats(inter * h, 3)))
+          .ok());
   v1::FfnRequest req;
-  *req.mutable_input() = InlineRef(MakeFloatTensor(DType::kFloat32, {m, h}, RandomFloats(m * h, 4)));
+  *req.mutable_input() =
+      InlineRef(MakeFloatTensor(DType::kFloat32, {m, h}, RandomFloats(m * h, 4)));
   req.set_w_gate("g");
   req.set_w_up("g");
   req.set_w_down("d");
   auto in_flight = std::async(std::launch::async, [&] { return client().Ffn(req).status(); });
   std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let it reach the server
-  auto drain = std::async(std::launch::async,
-                          [&] { server().Shutdown(std::chrono::milliseconds(20000)); });
+  auto drain =
+      std::async(std::launch::async, [&] { server().Shutdown(std::chrono::milliseconds(20000)); });
   std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_EQ(client().List().status().code(), absl::StatusCode::kUnavailable);
   EXPECT_TRUE(in_flight.get().ok());

@@ -65,7 +65,8 @@ class MalformedTest : public ServerTest {
 TEST_F(MalformedTest, RandomRequestsGetErrorsAndLeaveTheStoreIntact) {
   ASSERT_TRUE(client().Put("w", MakeFloatTensor(DType::kFloat32, {4}, {1, 2, 3, 4})).ok());
   v1::QuantizeRequest qsetup;
-  *qsetup.mutable_input() = InlineRef(MakeFloatTensor(DType::kFloat32, {2, 4}, {1, 2, 3, 4, 5, 6, 7, 8}));
+  *qsetup.mutable_input() =
+      InlineRef(MakeFloatTensor(DType::kFloat32, {2, 4}, {1, 2, 3, 4, 5, 6, 7, 8}));
   qsetup.set_output_name("wq");
   ASSERT_TRUE(client().Quantize(qsetup).ok());
 
@@ -171,8 +172,8 @@ TEST_F(MalformedTest, RandomRequestsGetErrorsAndLeaveTheStoreIntact) {
 
   // Random bytes as the serialized request of every op method.
   grpc::GenericStub generic(client().channel());
-  for (const char* method : {"RmsNorm", "SwiGlu", "Linear", "Ffn", "Rope", "Quantize",
-                             "Dequantize", "QuantizationError", "BuildRopeCache"}) {
+  for (const char* method : {"RmsNorm", "SwiGlu", "Linear", "Ffn", "Rope", "Quantize", "Dequantize",
+                             "QuantizationError", "BuildRopeCache"}) {
     for (int i = 0; i < 20; ++i) {
       std::string bytes(static_cast<size_t>(Pick(0, 300)), '\0');
       for (char& c : bytes) c = static_cast<char>(Pick(0, 255));

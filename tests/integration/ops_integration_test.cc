@@ -263,7 +263,9 @@ TEST_P(OpsTest, QuantizeDequantizeAndErrorAgree) {
 
 INSTANTIATE_TEST_SUITE_P(AllFloatDTypes, OpsTest,
                          ::testing::Values(DType::kFloat32, DType::kFloat16, DType::kBFloat16),
-                         [](const auto& info) { return std::string(kernels::DTypeName(info.param)); });
+                         [](const auto& info) {
+                           return std::string(kernels::DTypeName(info.param));
+                         });
 
 TEST_F(ServerTest, ServerInfoDescribesTheCpuBackend) {
   auto info = client().ServerInfo();
@@ -390,9 +392,8 @@ TEST_F(ServerTest, StreamAnswersEveryRequestAndSurvivesErrors) {
     auto* op = req.mutable_swiglu();
     *op->mutable_gate() = InlineRef(MakeFloatTensor(DType::kFloat32, {8}, g));
     // Every fifth request is malformed: up has the wrong shape.
-    *op->mutable_up() =
-        InlineRef(MakeFloatTensor(DType::kFloat32, {id % 5 == 0 ? 7 : 8},
-                                  std::vector<float>(id % 5 == 0 ? 7 : 8, 1.0f)));
+    *op->mutable_up() = InlineRef(MakeFloatTensor(DType::kFloat32, {id % 5 == 0 ? 7 : 8},
+                                                  std::vector<float>(id % 5 == 0 ? 7 : 8, 1.0f)));
     ASSERT_TRUE(stream->Write(req));
   }
   std::set<uint64_t> ok_ids, failed_ids;
@@ -413,13 +414,12 @@ TEST_F(ServerTest, StreamAnswersEveryRequestAndSurvivesErrors) {
 }
 
 TEST_F(ServerTest, LoadTensorsReadsSafetensorsUnderModelDir) {
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("accel_load_" + std::to_string(::getpid()));
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("accel_load_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   // A two-tensor file: w [2, 3] F32 and norm [3] F32.
-  const std::string header =
-      R"({"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},)"
-      R"("norm":{"dtype":"F32","shape":[3],"data_offsets":[24,36]}})";
+  const std::string header = R"({"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},)"
+                             R"("norm":{"dtype":"F32","shape":[3],"data_offsets":[24,36]}})";
   std::vector<float> payload = {1, -2, 3, -4, 5, -6, 0.5f, 0.25f, 0.125f};
   {
     std::ofstream out(dir / "model.safetensors", std::ios::binary);

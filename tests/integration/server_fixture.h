@@ -68,7 +68,8 @@ inline std::vector<float> RandomFloats(size_t n, uint32_t seed, float scale = 1.
 // Values as the server will see them after rounding to `dtype`.
 inline std::vector<float> RoundTo(kernels::DType dtype, std::vector<float> values) {
   for (float& v : values) {
-    if (dtype == kernels::DType::kBFloat16) v = kernels::BFloat16ToFloat(kernels::FloatToBFloat16(v));
+    if (dtype == kernels::DType::kBFloat16)
+      v = kernels::BFloat16ToFloat(kernels::FloatToBFloat16(v));
     if (dtype == kernels::DType::kFloat16) v = kernels::HalfToFloat(kernels::FloatToHalf(v));
   }
   return values;
@@ -86,8 +87,8 @@ inline double Tolerance(kernels::DType dtype) {
 }
 
 // Element-wise |got - want| <= tol * (1 + |want|) with a readable failure.
-inline void ExpectClose(const std::vector<float>& got, const std::vector<double>& want,
-                        double tol, const std::string& what) {
+inline void ExpectClose(const std::vector<float>& got, const std::vector<double>& want, double tol,
+                        const std::string& what) {
   ASSERT_EQ(got.size(), want.size()) << what;
   bool any_nonzero = false;
   for (size_t i = 0; i < got.size(); ++i) {

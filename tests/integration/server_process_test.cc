@@ -129,8 +129,8 @@ TEST(ServerProcess, StartsServesAndDrainsOnSigterm) {
   ServerProcess process;
   const std::string line = process.ReadListeningLine();
   std::smatch match;
-  ASSERT_TRUE(std::regex_search(line, match,
-                                std::regex(R"(listening grpc=127\.0\.0\.1:(\d+) metrics=127\.0\.0\.1:(\d+))")))
+  ASSERT_TRUE(std::regex_search(
+      line, match, std::regex(R"(listening grpc=127\.0\.0\.1:(\d+) metrics=127\.0\.0\.1:(\d+))")))
       << "start-up line: '" << line << "'";
   const std::string target = "127.0.0.1:" + match[1].str();
   const int metrics_port = std::stoi(match[2].str());
