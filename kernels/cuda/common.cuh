@@ -1,0 +1,358 @@
+// Building blocks shared by the memory-bound CUDA kernels (rms_norm.cu,
+// swiglu.cu, rope.cu, quantize.cu): 16-byte vectors, fp32 conversions with
+// round-to-nearest-even stores, warp and block reductions, the flat
+// (elementwise) work plan with its scalar prefix and tail, and the one
+// switch that turns a runtime ElemType into a template type.
+//
+// nvcc-only header: it includes nothing but the CUDA runtime, its fp16/bf16
+// headers and std headers (launch.h is std + CUDA too). Everything here is
+// stateless except NumSms(), whose per-device cache is thread-safe.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+#include <initializer_list>
+#include <type_traits>
+
+#include "cuda/launch.h"
+
+namespace accel::kernels::cuda {
+
+// ------------------------------------------------------------------ host
+
+__host__ __device__ constexpr int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Streaming multiprocessors of the current device, read once per device
+// (cudaDeviceGetAttribute neither allocates nor synchronises, but a cached
+// int is cheaper still on the request path).
+inline int NumSms() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return 132;
+  int sms = cache[device].load(std::memory_order_relaxed);
+  if (sms == 0) {
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+        sms <= 0) {
+      sms = 132;  // an H100 SXM; only sizes grids, never correctness
+    }
+    cache[device].store(sms, std::memory_order_relaxed);
+  }
+  return sms;
+}
+
+inline bool IsAligned(const void* p, uintptr_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
+// The runtime -> compile-time switch of every launcher: calls
+// fn(TypeTag<T>{}) for the three float types and fails loudly
+// (cudaErrorInvalidValue) for anything else, never picking a default.
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+template <typename Fn>
+cudaError_t DispatchFloat(ElemType t, Fn&& fn) {
+  switch (t) {
+    case ElemType::kF32:
+      return fn(TypeTag<float>{});
+    case ElemType::kF16:
+      return fn(TypeTag<__half>{});
+    case ElemType::kBF16:
+      return fn(TypeTag<__nv_bfloat16>{});
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+inline bool IsFloatType(ElemType t) {
+  return t == ElemType::kF32 || t == ElemType::kF16 || t == ElemType::kBF16;
+}
+
+inline int FloatSize(ElemType t) { return t == ElemType::kF32 ? 4 : 2; }
+
+// Grid size of a launch over `units` independent pieces of work: one per
+// thread, capped at kFlatBlocksPerSm blocks per SM (two waves of 8 resident
+// 256-thread blocks); past the cap threads loop (grid-stride). Never 0.
+constexpr int kFlatThreads = 256;
+constexpr int kFlatBlocksPerSm = 16;
+inline unsigned FlatBlocks(int64_t units, int threads = kFlatThreads) {
+  const int64_t want = CeilDiv(units, threads);
+  const int64_t cap = int64_t{NumSms()} * kFlatBlocksPerSm;
+  return static_cast<unsigned>(want < 1 ? 1 : (want < cap ? want : cap));
+}
+
+// ------------------------------------------------------------ conversions
+
+__device__ __forceinline__ float ToFloat(float x) { return x; }
+__device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// fp32 -> T, rounding to nearest even (the contract's one rounding).
+template <typename T>
+__device__ __forceinline__ T FromFloat(float x);
+template <>
+__device__ __forceinline__ float FromFloat<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __half FromFloat<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+// Rounds an fp32 value to T and back (exact for float).
+template <typename T>
+__device__ __forceinline__ float RoundTo(float x) {
+  return ToFloat(FromFloat<T>(x));
+}
+
+// ---------------------------------------------------------------- vectors
+
+// N elements of T moved as one access: 16 bytes for the float types at
+// their native N (4 floats, 8 halves), 4 or 8 bytes for int8 chunks. The
+// alignment is capped at 16 (the widest load): a Vec<float, 8> of weights
+// becomes two 16-byte loads and needs only 16-byte alignment.
+template <typename T, int N>
+struct alignas(sizeof(T) * N < 16 ? sizeof(T) * N : 16) Vec {
+  T v[N];
+};
+
+// Elements per 16-byte vector of T.
+template <typename T>
+inline constexpr int kVecOf = 16 / static_cast<int>(sizeof(T));
+
+template <typename T, int N>
+__device__ __forceinline__ Vec<T, N> LoadVec(const T* p) {
+  return *reinterpret_cast<const Vec<T, N>*>(p);
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void StoreVec(T* p, const Vec<T, N>& v) {
+  *reinterpret_cast<Vec<T, N>*>(p) = v;
+}
+
+// A chunk of up to N elements at p: one vector access when `vector` (the
+// caller checked alignment) and the chunk is whole, else element by element
+// with the missing elements read as zero. Both ways give the same values, so
+// results never depend on a pointer's alignment.
+template <typename T, int N>
+__device__ __forceinline__ Vec<T, N> LoadChunk(const T* p, int count, bool vector) {
+  if (vector && count == N) return LoadVec<T, N>(p);
+  Vec<T, N> v;
+#pragma unroll
+  for (int j = 0; j < N; ++j) v.v[j] = j < count ? p[j] : T(0.0f);
+  return v;
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void StoreChunk(T* p, const Vec<T, N>& v, int count, bool vector) {
+  if (vector && count == N) {
+    StoreVec<T, N>(p, v);
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    if (j < count) p[j] = v.v[j];
+  }
+}
+
+// Up to N weights of a runtime float type as fp32 (weights may have another
+// dtype than the input). The switch is uniform across the grid, so it costs
+// a few instructions and no divergence. `vector`: the caller checked that
+// the weight base is aligned to min(16, N * itemsize).
+template <int N>
+__device__ __forceinline__ void LoadWeights(const void* w, ElemType type, int64_t index, int count,
+                                            bool vector, float (&out)[N]) {
+  auto load = [&](auto tag) {
+    using W = typename decltype(tag)::type;
+    const Vec<W, N> v = LoadChunk<W, N>(static_cast<const W*>(w) + index, count, vector);
+#pragma unroll
+    for (int j = 0; j < N; ++j) out[j] = ToFloat(v.v[j]);
+  };
+  switch (type) {
+    case ElemType::kF16:
+      load(TypeTag<__half>{});
+      break;
+    case ElemType::kBF16:
+      load(TypeTag<__nv_bfloat16>{});
+      break;
+    default:
+      load(TypeTag<float>{});
+      break;
+  }
+}
+
+// ------------------------------------------------------------- reductions
+
+struct SumOp {
+  template <typename A>
+  __device__ __forceinline__ A operator()(A a, A b) const {
+    return a + b;
+  }
+};
+struct MaxOp {
+  template <typename A>
+  __device__ __forceinline__ A operator()(A a, A b) const {
+    return a > b ? a : b;
+  }
+};
+
+// Butterfly reduction: every lane ends with the result, in a fixed order
+// (deterministic).
+template <typename A, typename Op>
+__device__ __forceinline__ A WarpAllReduce(A v, Op op) {
+#pragma unroll
+  for (int m = 16; m > 0; m >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, m));
+  return v;
+}
+
+template <typename A>
+__device__ __forceinline__ A WarpSum(A v) {
+  return WarpAllReduce(v, SumOp{});
+}
+template <typename A>
+__device__ __forceinline__ A WarpMax(A v) {
+  return WarpAllReduce(v, MaxOp{});
+}
+
+// Reduction over the whole block (blockDim.x a multiple of 32, at most 1024);
+// every thread gets the result. smem: 33 elements. Two barriers; calling it
+// again with the same smem is safe without a third (the next call writes the
+// per-warp slots only after every thread left the previous second barrier,
+// and slot 32 only after its own first barrier). Fixed order: deterministic.
+template <typename A, typename Op>
+__device__ __forceinline__ A BlockAllReduce(A v, Op op, A identity, A* smem) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  v = WarpAllReduce(v, op);
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    A w = lane < static_cast<int>(blockDim.x / 32) ? smem[lane] : identity;
+    w = WarpAllReduce(w, op);
+    if (lane == 0) smem[32] = w;
+  }
+  __syncthreads();
+  return smem[32];
+}
+
+// Largest |x| as a bit pattern: non-negative floats order like their bits,
+// and inf and NaN have the largest patterns, so one unsigned max finds the
+// absmax and whether anything is not finite.
+__device__ __forceinline__ unsigned AbsBits(float x) { return __float_as_uint(x) & 0x7fffffffu; }
+inline constexpr unsigned kInfBits = 0x7f800000u;
+
+// ------------------------------------------------------------ flat plans
+
+// How an elementwise kernel walks n elements: `prefix` scalar elements until
+// the first pointer is 16-byte aligned, `nvec` whole vectors of kVec, then
+// `tail` scalars. When the other pointers are not aligned alike the plan is
+// all scalar (prefix = n). Elementwise results do not depend on the plan.
+struct FlatPlan {
+  int64_t prefix = 0;
+  int64_t nvec = 0;
+  int64_t tail = 0;
+  int64_t scalars() const { return prefix + tail; }
+};
+
+struct PlanPtr {
+  const void* ptr;
+  int itemsize;  // bytes per element
+};
+
+// vec: elements per vector. Each pointer's vector is vec * itemsize bytes
+// (capped at 16) and must be aligned to that after the prefix. With
+// allow_prefix false, a non-zero prefix makes the plan scalar (used where a
+// vector must not straddle a row: rows then start at vector boundaries).
+inline FlatPlan PlanFlat(int64_t n, int vec, std::initializer_list<PlanPtr> ptrs,
+                         bool allow_prefix = true) {
+  FlatPlan scalar{n, 0, 0};
+  if (n <= 0 || ptrs.size() == 0) return FlatPlan{n < 0 ? 0 : n, 0, 0};
+  const PlanPtr first = *ptrs.begin();
+  const uintptr_t vb0 = static_cast<uintptr_t>(vec * first.itemsize > 16 ? 16 : vec * first.itemsize);
+  const uintptr_t a0 = reinterpret_cast<uintptr_t>(first.ptr);
+  if (a0 % first.itemsize != 0) return scalar;
+  const int64_t prefix = static_cast<int64_t>(((vb0 - a0 % vb0) % vb0) / first.itemsize);
+  if ((prefix != 0 && !allow_prefix) || prefix > n) return scalar;
+  for (const PlanPtr& p : ptrs) {
+    const uintptr_t vb = static_cast<uintptr_t>(vec * p.itemsize > 16 ? 16 : vec * p.itemsize);
+    if ((reinterpret_cast<uintptr_t>(p.ptr) + static_cast<uintptr_t>(prefix * p.itemsize)) % vb) {
+      return scalar;
+    }
+  }
+  FlatPlan plan;
+  plan.prefix = prefix;
+  plan.nvec = (n - prefix) / vec;
+  plan.tail = n - prefix - plan.nvec * vec;
+  return plan;
+}
+
+// Grid-stride walk of a FlatPlan: vec_op(i) for the vector at element i,
+// scalar_op(i) for each scalar element i. One vector per thread per step:
+// bytes in flight come from occupancy (2048 threads x 16 B x inputs per SM,
+// above the ~20 KB per SM that Little's law asks of an H100's HBM).
+template <int kVec, typename VecOp, typename ScalarOp>
+__device__ __forceinline__ void FlatLoop(const FlatPlan& plan, VecOp vec_op, ScalarOp scalar_op) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (int64_t v = tid; v < plan.nvec; v += stride) vec_op(plan.prefix + v * kVec);
+  const int64_t body_end = plan.prefix + plan.nvec * kVec;
+  for (int64_t j = tid; j < plan.scalars(); j += stride) {
+    scalar_op(j < plan.prefix ? j : body_end + (j - plan.prefix));
+  }
+}
+
+// ------------------------------------------------------------- row plans
+
+// Row kernels (RmsNorm, per-row Quantize) give each row to one block and
+// split it into chunks of kVec elements; chunk c goes to thread c % threads
+// as its item c / threads. The split depends only on cols, never on
+// alignment, so a row's result is the same bits wherever it lives (batched
+// or not); alignment only decides whether a chunk moves as one vector.
+struct RowConfig {
+  int threads = 32;  // multiple of 32, at most 1024
+  int items = 1;     // chunks per thread kept in registers: 1, 2, 4 or 8
+  bool wide = false;  // too wide for registers: the two-pass kernel
+};
+
+// Prefer 256-thread blocks (8 resident per SM, so barriers of one block
+// overlap loads of others) and add items before threads; up to 1024 x 8
+// chunks (64K bf16 / 32K fp32 columns) stay in registers.
+inline RowConfig PickRowConfig(int64_t cols, int vec) {
+  const int64_t chunks = CeilDiv(cols, vec);
+  RowConfig c;
+  for (int items = 1; items <= 8; items *= 2) {
+    if (chunks <= 256 * items) {
+      c.items = items;
+      c.threads = static_cast<int>(CeilDiv(CeilDiv(chunks, items), 32) * 32);
+      if (c.threads < 32) c.threads = 32;
+      return c;
+    }
+  }
+  if (chunks <= 1024 * 8) {
+    c.items = 8;
+    c.threads = static_cast<int>(CeilDiv(CeilDiv(chunks, 8), 32) * 32);
+    return c;
+  }
+  c.wide = true;
+  c.threads = 1024;
+  c.items = 4;  // unroll of the wide loops
+  return c;
+}
+
+// Grid for one block per row; rows beyond 2^31 - 1 loop.
+inline unsigned RowBlocks(int64_t rows) {
+  constexpr int64_t kMax = 0x7fffffff;
+  return static_cast<unsigned>(rows < kMax ? rows : kMax);
+}
+
+}  // namespace accel::kernels::cuda
