@@ -7,7 +7,7 @@
 set -euo pipefail
 
 runtime_pkgs=(
-  libgrpc++1.51 libprotobuf32 libopenblas0-pthread libprometheus-cpp-pull1.0 ca-certificates
+  libgrpc++1.51 libprotobuf32 libopenblas0-pthread libprometheus-cpp-core1.0 ca-certificates
 )
 build_pkgs=(
   build-essential cmake ninja-build pkg-config git

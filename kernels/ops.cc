@@ -10,14 +10,9 @@
 #include "accel/util/status_macros.h"
 #include "cpu/kernels.h"
 
-// The CUDA backend sets ACCEL_WITH_CUDA=1 (kernels/CMakeLists.txt) together
-// with kernels/cuda/launch.h, whose launchers the kCuda branches below call.
-#ifndef ACCEL_WITH_CUDA
-#define ACCEL_WITH_CUDA 0
-#endif
-#if ACCEL_WITH_CUDA
-#include "cuda/launch.h"
-#endif
+// The kCuda branches call kernels/cuda/dispatch.h, which answers
+// UNIMPLEMENTED when the build has no CUDA backend.
+#include "cuda/dispatch.h"
 
 namespace accel::kernels {
 namespace {
@@ -156,8 +151,6 @@ Shape WithLastDim(const Shape& s, int64_t last) {
   return out;
 }
 
-absl::Status CudaNotBuilt() { return absl::UnimplementedError("CUDA backend not built"); }
-
 absl::Status UnknownBackend(Backend b) {
   return absl::InternalError(StrCat("unknown backend ", static_cast<int>(b)));
 }
@@ -194,7 +187,7 @@ absl::Status RmsNorm(const ExecContext& ctx, const RmsNormArgs& args, const Tens
       cpu::RmsNorm(args, output, residual_out);
       return absl::OkStatus();
     case Backend::kCuda:
-      return CudaNotBuilt();
+      return cuda::RmsNorm(ctx, args, output, residual_out);
   }
   return UnknownBackend(ctx.backend);
 }
@@ -215,7 +208,7 @@ absl::Status SwiGlu(const ExecContext& ctx, const SwiGluArgs& args, const Tensor
       cpu::SwiGlu(args, output);
       return absl::OkStatus();
     case Backend::kCuda:
-      return CudaNotBuilt();
+      return cuda::SwiGlu(ctx, args, output);
   }
   return UnknownBackend(ctx.backend);
 }
@@ -239,7 +232,7 @@ absl::Status Linear(const ExecContext& ctx, const LinearArgs& args, const Tensor
     case Backend::kCpu:
       return cpu::Linear(ctx, args, output);
     case Backend::kCuda:
-      return CudaNotBuilt();
+      return cuda::Linear(ctx, args, output);
   }
   return UnknownBackend(ctx.backend);
 }
@@ -268,7 +261,7 @@ absl::Status Ffn(const ExecContext& ctx, const FfnArgs& args, const TensorView& 
     case Backend::kCpu:
       return cpu::Ffn(ctx, args, output);
     case Backend::kCuda:
-      return CudaNotBuilt();
+      return cuda::Ffn(ctx, args, output);
   }
   return UnknownBackend(ctx.backend);
 }
@@ -360,7 +353,7 @@ absl::Status Rope(const ExecContext& ctx, const RopeArgs& args, const TensorView
       cpu::Rope(args, q_out, k_out);
       return absl::OkStatus();
     case Backend::kCuda:
-      return CudaNotBuilt();
+      return cuda::Rope(ctx, args, q_out, k_out);
   }
   return UnknownBackend(ctx.backend);
 }
@@ -426,7 +419,7 @@ absl::Status Quantize(const ExecContext& ctx, const QuantizeArgs& args, const Te
     case Backend::kCpu:
       return cpu::Quantize(args, values, scales);
     case Backend::kCuda:
-      return CudaNotBuilt();
+      return cuda::Quantize(ctx, args, values, scales);
   }
   return UnknownBackend(ctx.backend);
 }
@@ -452,7 +445,7 @@ absl::Status Dequantize(const ExecContext& ctx, const DequantizeArgs& args,
       cpu::Dequantize(args, output);
       return absl::OkStatus();
     case Backend::kCuda:
-      return CudaNotBuilt();
+      return cuda::Dequantize(ctx, args, output);
   }
   return UnknownBackend(ctx.backend);
 }
@@ -475,7 +468,7 @@ absl::StatusOr<QuantizationErrorStats> QuantizationError(const ExecContext& ctx,
     case Backend::kCpu:
       return cpu::QuantizationError(args);
     case Backend::kCuda:
-      return CudaNotBuilt();
+      return cuda::QuantizationError(ctx, args);
   }
   return UnknownBackend(ctx.backend);
 }

@@ -44,6 +44,7 @@ int64_t Executor::pending() const {
 }
 
 void Executor::WorkerLoop() {
+  if (options_.thread_init) options_.thread_init();
   while (true) {
     absl::AnyInvocable<void() &&> task;
     {

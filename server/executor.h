@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -26,6 +27,9 @@ class Executor {
     int threads = 2;
     // Most tasks waiting to run; more is RESOURCE_EXHAUSTED.
     int64_t max_queue_size = 1024;
+    // Runs first on each worker thread (e.g. to select the GPU and create
+    // the thread's stream); may be empty.
+    std::function<void()> thread_init;
   };
   explicit Executor(Options options);
   ~Executor();  // Shutdown()

@@ -22,6 +22,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "accel/util/logging.h"
+#include "server/blas_env.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, grpc_address, "0.0.0.0:50051",
@@ -82,6 +83,7 @@ std::vector<std::string> TakePreloadArgs(int& argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  accel::server::EnsureOpenBlasCoreType(argv);  // may re-exec: must come first
   absl::SetProgramUsageMessage("accel-server: tensor ops of LLM inference over gRPC");
   std::vector<std::string> preload_args = TakePreloadArgs(argc, argv);
   absl::ParseCommandLine(argc, argv);

@@ -28,6 +28,13 @@ absl::Status DistinctNames(const std::string& a, absl::string_view a_field, cons
   return absl::OkStatus();
 }
 
+// The input's view where the kernels run: resident tensors already live on
+// the device; inline ones are staged there (a no-op on the CPU).
+absl::StatusOr<ConstTensorView> OnDevice(CallScope& scope, const ResolvedInput& input) {
+  if (input.resident != nullptr) return input.view;
+  return scope.Stage(input.view);
+}
+
 // A resident quantized result (values + scales), reserved before the kernel
 // runs and inserted after it succeeded.
 struct QuantizedOutput {
@@ -48,9 +55,10 @@ absl::StatusOr<QuantizedOutput> MakeQuantizedOutput(const OpEnv& env, const std:
   const int64_t values_bytes = kernels::NumElements(spec.values.shape);
   const int64_t scales_bytes = kernels::NumElements(spec.scales.shape) * int64_t{4};
   ASSIGN_OR_RETURN(out.reservation, env.store->Reserve(values_bytes + scales_bytes));
-  ASSIGN_OR_RETURN(out.tensor->values, kernels::Buffer::Allocate(env.ctx.backend, values_bytes));
+  ASSIGN_OR_RETURN(out.tensor->values,
+                   kernels::Buffer::Allocate(env.device->backend(), values_bytes));
   ASSIGN_OR_RETURN(kernels::Buffer scales,
-                   kernels::Buffer::Allocate(env.ctx.backend, scales_bytes));
+                   kernels::Buffer::Allocate(env.device->backend(), scales_bytes));
   out.tensor->scales = std::move(scales);
   out.values = {spec.values.dtype, spec.values.shape, out.tensor->values.data()};
   out.scales = {spec.scales.dtype, spec.scales.shape, out.tensor->scales->data()};
@@ -84,16 +92,24 @@ absl::Status RunRmsNorm(const OpEnv& env, const v1::RmsNormRequest& req,
   args.eps = req.has_eps() ? req.eps() : kDefaultEps;
   ASSIGN_OR_RETURN(OutputSpec spec, kernels::CheckRmsNorm(args));
 
-  ASSIGN_OR_RETURN(OutputSlot output, OutputSlot::Make(env, req.output_name(), "output_name", spec,
-                                                       resp->mutable_output()));
+  CallScope scope(*env.device);
+  ASSIGN_OR_RETURN(args.input, OnDevice(scope, input));
+  ASSIGN_OR_RETURN(args.weight, OnDevice(scope, weight));
+  if (residual.has_value()) {
+    ASSIGN_OR_RETURN(args.residual, OnDevice(scope, *residual));
+  }
+
+  ASSIGN_OR_RETURN(OutputSlot output, OutputSlot::Make(env, scope, req.output_name(), "output_name",
+                                                       spec, resp->mutable_output()));
   std::optional<OutputSlot> residual_out;
   if (want_residual) {
     ASSIGN_OR_RETURN(residual_out,
-                     OutputSlot::Make(env, req.residual_output_name(), "residual_output_name", spec,
-                                      resp->mutable_residual()));
+                     OutputSlot::Make(env, scope, req.residual_output_name(),
+                                      "residual_output_name", spec, resp->mutable_residual()));
   }
-  RETURN_IF_ERROR(kernels::RmsNorm(env.ctx, args, output.view(),
+  RETURN_IF_ERROR(kernels::RmsNorm(scope.ctx(), args, output.view(),
                                    residual_out.has_value() ? &residual_out->view() : nullptr));
+  RETURN_IF_ERROR(scope.Finish());
   RETURN_IF_ERROR(output.Commit());
   if (residual_out.has_value()) RETURN_IF_ERROR(residual_out->Commit());
   return absl::OkStatus();
@@ -104,9 +120,13 @@ absl::Status RunSwiGlu(const OpEnv& env, const v1::SwiGluRequest& req, v1::SwiGl
   ASSIGN_OR_RETURN(ResolvedInput up, ResolveInput(req.up(), "up", *env.store));
   kernels::SwiGluArgs args{gate.view, up.view};
   ASSIGN_OR_RETURN(OutputSpec spec, kernels::CheckSwiGlu(args));
-  ASSIGN_OR_RETURN(OutputSlot output, OutputSlot::Make(env, req.output_name(), "output_name", spec,
-                                                       resp->mutable_output()));
-  RETURN_IF_ERROR(kernels::SwiGlu(env.ctx, args, output.view()));
+  CallScope scope(*env.device);
+  ASSIGN_OR_RETURN(args.gate, OnDevice(scope, gate));
+  ASSIGN_OR_RETURN(args.up, OnDevice(scope, up));
+  ASSIGN_OR_RETURN(OutputSlot output, OutputSlot::Make(env, scope, req.output_name(), "output_name",
+                                                       spec, resp->mutable_output()));
+  RETURN_IF_ERROR(kernels::SwiGlu(scope.ctx(), args, output.view()));
+  RETURN_IF_ERROR(scope.Finish());
   return output.Commit();
 }
 
@@ -120,9 +140,12 @@ absl::Status RunLinear(const OpEnv& env, const v1::LinearRequest& req, v1::Linea
   args.weight = weight.view;
   if (bias.has_value()) args.bias = bias->view;
   ASSIGN_OR_RETURN(OutputSpec spec, kernels::CheckLinear(args));
-  ASSIGN_OR_RETURN(OutputSlot output, OutputSlot::Make(env, req.output_name(), "output_name", spec,
-                                                       resp->mutable_output()));
-  RETURN_IF_ERROR(kernels::Linear(env.ctx, args, output.view()));
+  CallScope scope(*env.device);
+  ASSIGN_OR_RETURN(args.input, OnDevice(scope, input));
+  ASSIGN_OR_RETURN(OutputSlot output, OutputSlot::Make(env, scope, req.output_name(), "output_name",
+                                                       spec, resp->mutable_output()));
+  RETURN_IF_ERROR(kernels::Linear(scope.ctx(), args, output.view()));
+  RETURN_IF_ERROR(scope.Finish());
   return output.Commit();
 }
 
@@ -147,9 +170,12 @@ absl::Status RunFfn(const OpEnv& env, const v1::FfnRequest& req, v1::FfnResponse
   if (b_up.has_value()) args.b_up = b_up->view;
   if (b_down.has_value()) args.b_down = b_down->view;
   ASSIGN_OR_RETURN(OutputSpec spec, kernels::CheckFfn(args));
-  ASSIGN_OR_RETURN(OutputSlot output, OutputSlot::Make(env, req.output_name(), "output_name", spec,
-                                                       resp->mutable_output()));
-  RETURN_IF_ERROR(kernels::Ffn(env.ctx, args, output.view()));
+  CallScope scope(*env.device);
+  ASSIGN_OR_RETURN(args.input, OnDevice(scope, input));
+  ASSIGN_OR_RETURN(OutputSlot output, OutputSlot::Make(env, scope, req.output_name(), "output_name",
+                                                       spec, resp->mutable_output()));
+  RETURN_IF_ERROR(kernels::Ffn(scope.ctx(), args, output.view()));
+  RETURN_IF_ERROR(scope.Finish());
   return output.Commit();
 }
 
@@ -214,6 +240,7 @@ absl::Status RunRope(const OpEnv& env, const v1::RopeRequest& req, v1::RopeRespo
   }
 
   ResolvedInput positions;
+  std::string positions_on_host;  // resident positions on a GPU, read back for the range check
   if (IsSet(req.positions())) {
     if (req.position_offset() != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -221,20 +248,41 @@ absl::Status RunRope(const OpEnv& env, const v1::RopeRequest& req, v1::RopeRespo
     }
     ASSIGN_OR_RETURN(positions, ResolveInput(req.positions(), "positions", store));
     args.positions = positions.view;
+    if (positions.resident != nullptr && env.device->is_cuda()) {
+      positions_on_host.resize(positions.view.nbytes());
+      RETURN_IF_ERROR(kernels::CopyFromBuffer(positions.resident->values, 0,
+                                              positions_on_host.size(), positions_on_host.data()));
+      args.positions->data = positions_on_host.data();
+    }
   }
   args.position_offset = req.position_offset();
 
+  // Checks every position against the table, on the host.
   ASSIGN_OR_RETURN(OutputSpec q_spec, kernels::CheckRope(args));
-  ASSIGN_OR_RETURN(OutputSlot q_out, OutputSlot::Make(env, req.output_name(), "output_name", q_spec,
-                                                      resp->mutable_q()));
+
+  CallScope scope(*env.device);
+  ASSIGN_OR_RETURN(args.q, OnDevice(scope, q));
+  if (k.has_value()) {
+    ASSIGN_OR_RETURN(args.k, OnDevice(scope, *k));
+  }
+  if (cache == nullptr) {
+    ASSIGN_OR_RETURN(args.cos, OnDevice(scope, cos));
+    ASSIGN_OR_RETURN(args.sin, OnDevice(scope, sin));
+  }
+  if (args.positions.has_value()) {
+    ASSIGN_OR_RETURN(args.positions, OnDevice(scope, positions));
+  }
+  ASSIGN_OR_RETURN(OutputSlot q_out, OutputSlot::Make(env, scope, req.output_name(), "output_name",
+                                                      q_spec, resp->mutable_q()));
   std::optional<OutputSlot> k_out;
   if (k.has_value()) {
     const OutputSpec k_spec{k->view.dtype, k->view.shape};
-    ASSIGN_OR_RETURN(k_out, OutputSlot::Make(env, req.k_output_name(), "k_output_name", k_spec,
-                                             resp->mutable_k()));
+    ASSIGN_OR_RETURN(k_out, OutputSlot::Make(env, scope, req.k_output_name(), "k_output_name",
+                                             k_spec, resp->mutable_k()));
   }
   RETURN_IF_ERROR(
-      kernels::Rope(env.ctx, args, q_out.view(), k_out.has_value() ? &k_out->view() : nullptr));
+      kernels::Rope(scope.ctx(), args, q_out.view(), k_out.has_value() ? &k_out->view() : nullptr));
+  RETURN_IF_ERROR(scope.Finish());
   RETURN_IF_ERROR(q_out.Commit());
   if (k_out.has_value()) RETURN_IF_ERROR(k_out->Commit());
   return absl::OkStatus();
@@ -253,16 +301,22 @@ absl::Status RunQuantize(const OpEnv& env, const v1::QuantizeRequest& req,
   args.granularity = req.granularity() == v1::PER_ROW ? kernels::Granularity::kPerRow
                                                       : kernels::Granularity::kPerTensor;
   ASSIGN_OR_RETURN(kernels::QuantizeSpec spec, kernels::CheckQuantize(args));
+  CallScope scope(*env.device);
+  ASSIGN_OR_RETURN(args.input, OnDevice(scope, input));
 
   if (req.output_name().empty()) {
     RETURN_IF_ERROR(CheckFitsInMessage(env, kernels::NumElements(spec.values.shape), "values"));
     kernels::TensorView values = PrepareOutputTensor(spec.values, resp->mutable_values());
     kernels::TensorView scales = PrepareOutputTensor(spec.scales, resp->mutable_scales());
-    return kernels::Quantize(env.ctx, args, values, scales);
+    ASSIGN_OR_RETURN(values.data, scope.ResultBuffer(values.data, values.nbytes()));
+    ASSIGN_OR_RETURN(scales.data, scope.ResultBuffer(scales.data, scales.nbytes()));
+    RETURN_IF_ERROR(kernels::Quantize(scope.ctx(), args, values, scales));
+    return scope.Finish();
   }
   RETURN_IF_ERROR(ValidateTensorName(req.output_name(), "output_name"));
   ASSIGN_OR_RETURN(QuantizedOutput out, MakeQuantizedOutput(env, req.output_name(), spec));
-  RETURN_IF_ERROR(kernels::Quantize(env.ctx, args, out.values, out.scales));
+  RETURN_IF_ERROR(kernels::Quantize(scope.ctx(), args, out.values, out.scales));
+  RETURN_IF_ERROR(scope.Finish());
   DescribeTensor(spec.values, resp->mutable_values());
   DescribeTensor(spec.scales, resp->mutable_scales());
   return env.store->Insert(std::move(out.tensor), /*overwrite=*/true, out.reservation);
@@ -299,9 +353,15 @@ absl::Status RunDequantize(const OpEnv& env, const v1::DequantizeRequest& req,
     args.scales = scales.view;
   }
   ASSIGN_OR_RETURN(OutputSpec spec, kernels::CheckDequantize(args));
-  ASSIGN_OR_RETURN(OutputSlot output, OutputSlot::Make(env, req.output_name(), "output_name", spec,
-                                                       resp->mutable_output()));
-  RETURN_IF_ERROR(kernels::Dequantize(env.ctx, args, output.view()));
+  CallScope scope(*env.device);
+  if (quantized == nullptr) {
+    ASSIGN_OR_RETURN(args.values, OnDevice(scope, values));
+    ASSIGN_OR_RETURN(args.scales, OnDevice(scope, scales));
+  }
+  ASSIGN_OR_RETURN(OutputSlot output, OutputSlot::Make(env, scope, req.output_name(), "output_name",
+                                                       spec, resp->mutable_output()));
+  RETURN_IF_ERROR(kernels::Dequantize(scope.ctx(), args, output.view()));
+  RETURN_IF_ERROR(scope.Finish());
   return output.Commit();
 }
 
@@ -312,8 +372,13 @@ absl::Status RunQuantizationError(const OpEnv& env, const v1::QuantizationErrorR
   ASSIGN_OR_RETURN(ResolvedInput scales, ResolveInput(req.scales(), "scales", *env.store));
   kernels::QuantizationErrorArgs args{original.view, values.view, scales.view};
   RETURN_IF_ERROR(kernels::CheckQuantizationError(args));
+  CallScope scope(*env.device);
+  ASSIGN_OR_RETURN(args.original, OnDevice(scope, original));
+  ASSIGN_OR_RETURN(args.values, OnDevice(scope, values));
+  ASSIGN_OR_RETURN(args.scales, OnDevice(scope, scales));
   ASSIGN_OR_RETURN(kernels::QuantizationErrorStats stats,
-                   kernels::QuantizationError(env.ctx, args));
+                   kernels::QuantizationError(scope.ctx(), args));
+  RETURN_IF_ERROR(scope.Finish());
   resp->set_max_abs_error(stats.max_abs_error);
   resp->set_mean_abs_error(stats.mean_abs_error);
   resp->set_relative_error_pct(stats.relative_error_pct);
@@ -343,7 +408,7 @@ absl::Status RunBuildRopeCache(const OpEnv& env, const v1::BuildRopeCacheRequest
   tensor->name = req.name();
   tensor->dtype = DType::kFloat32;
   tensor->shape = {2, req.max_seq_len(), half};
-  ASSIGN_OR_RETURN(tensor->values, kernels::Buffer::Allocate(env.ctx.backend, nbytes));
+  ASSIGN_OR_RETURN(tensor->values, kernels::Buffer::Allocate(env.device->backend(), nbytes));
   RETURN_IF_ERROR(kernels::CopyToBuffer(host.data(), nbytes, tensor->values));
   FillTensorInfo(*tensor, env.store->device_name(), resp);
   return env.store->Insert(std::move(tensor), req.overwrite(), reservation);
@@ -371,7 +436,9 @@ absl::Status RunQuantizeWeight(const OpEnv& env, const v1::QuantizeWeightRequest
   kernels::QuantizeArgs args{source->view(), kernels::Granularity::kPerRow};
   ASSIGN_OR_RETURN(kernels::QuantizeSpec spec, kernels::CheckQuantize(args));
   ASSIGN_OR_RETURN(QuantizedOutput out, MakeQuantizedOutput(env, target, spec));
-  RETURN_IF_ERROR(kernels::Quantize(env.ctx, args, out.values, out.scales));
+  CallScope scope(*env.device);
+  RETURN_IF_ERROR(kernels::Quantize(scope.ctx(), args, out.values, out.scales));
+  RETURN_IF_ERROR(scope.Finish());
   FillTensorInfo(*out.tensor, env.store->device_name(), resp);
   const bool overwrite = target == req.source() || req.overwrite();
   return env.store->Insert(std::move(out.tensor), overwrite, out.reservation);

@@ -16,14 +16,15 @@ absl::Status CheckFitsInMessage(const OpEnv& env, int64_t nbytes, absl::string_v
       "in chunks"));
 }
 
-absl::StatusOr<OutputSlot> OutputSlot::Make(const OpEnv& env, const std::string& name,
-                                            absl::string_view name_field,
+absl::StatusOr<OutputSlot> OutputSlot::Make(const OpEnv& env, CallScope& scope,
+                                            const std::string& name, absl::string_view name_field,
                                             const kernels::OutputSpec& spec, v1::Tensor* proto) {
   OutputSlot slot;
   if (name.empty()) {
     const int64_t nbytes = kernels::NumElements(spec.shape) * kernels::ItemSize(spec.dtype);
     RETURN_IF_ERROR(CheckFitsInMessage(env, nbytes, name_field));
     slot.view_ = PrepareOutputTensor(spec, proto);
+    ASSIGN_OR_RETURN(slot.view_.data, scope.ResultBuffer(slot.view_.data, slot.view_.nbytes()));
     return slot;
   }
   RETURN_IF_ERROR(ValidateTensorName(name, ToStd(name_field)));
@@ -33,7 +34,7 @@ absl::StatusOr<OutputSlot> OutputSlot::Make(const OpEnv& env, const std::string&
   tensor->shape = spec.shape;
   const int64_t nbytes = kernels::NumElements(spec.shape) * kernels::ItemSize(spec.dtype);
   ASSIGN_OR_RETURN(slot.reservation_, env.store->Reserve(nbytes));
-  ASSIGN_OR_RETURN(tensor->values, kernels::Buffer::Allocate(env.ctx.backend, nbytes));
+  ASSIGN_OR_RETURN(tensor->values, kernels::Buffer::Allocate(env.device->backend(), nbytes));
   slot.view_ = kernels::TensorView{spec.dtype, spec.shape, tensor->values.data()};
   slot.store_ = env.store;
   slot.tensor_ = std::move(tensor);

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "accel/kernels/ops.h"
 #include "accel/v1/tensor_ops.pb.h"
+#include "server/serving_device.h"
 #include "server/tensor_store.h"
 
 namespace accel::server {
@@ -22,7 +23,7 @@ namespace accel::server {
 // What the op runners need of the server.
 struct OpEnv {
   TensorStore* store = nullptr;
-  kernels::ExecContext ctx;
+  const ServingDevice* device = nullptr;
   // Results larger than this must stay resident (output_name).
   int64_t max_message_bytes = int64_t{512} << 20;
 };
@@ -31,16 +32,17 @@ class OutputSlot {
  public:
   // `name` is the request's output name (empty: return the data inline);
   // `name_field` its field, for messages. `proto` receives dtype and shape
-  // (and the data when inline).
-  static absl::StatusOr<OutputSlot> Make(const OpEnv& env, const std::string& name,
-                                         absl::string_view name_field,
+  // (and the data when inline, copied back by scope.Finish() on a GPU).
+  static absl::StatusOr<OutputSlot> Make(const OpEnv& env, CallScope& scope,
+                                         const std::string& name, absl::string_view name_field,
                                          const kernels::OutputSpec& spec, v1::Tensor* proto);
 
   const kernels::TensorView& view() const { return view_; }
   bool resident() const { return tensor_ != nullptr; }
 
   // Makes a resident result visible under its name (replacing any tensor of
-  // that name). A no-op for inline results.
+  // that name). A no-op for inline results. Call after scope.Finish(), so
+  // that no reader sees the bytes before the kernel wrote them.
   absl::Status Commit();
 
  private:

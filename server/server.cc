@@ -10,13 +10,14 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "accel/util/logging.h"
-#include "prometheus/exposer.h"
 #include "prometheus/registry.h"
 #include "server/device_info.h"
 #include "server/executor.h"
 #include "server/metrics.h"
+#include "server/metrics_endpoint.h"
 #include "server/resident_collector.h"
 #include "server/service_context.h"
+#include "server/serving_device.h"
 #include "server/tensor_loader.h"
 #include "server/tensor_ops_service.h"
 #include "server/tensor_store.h"
@@ -39,16 +40,6 @@ absl::Status SplitHostPort(const std::string& address, absl::string_view flag, s
   }
   *host = address.substr(0, colon);
   return absl::OkStatus();
-}
-
-absl::StatusOr<kernels::Backend> ChooseBackend(const std::string& device) {
-  if (device == "auto" || device == "cpu") return kernels::Backend::kCpu;
-  if (device.rfind("cuda", 0) == 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "--device=", device, ": this build has no CUDA backend (configure with -DACCEL_CUDA=ON)"));
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("--device: expected auto, cpu or cuda:N, found '", device, "'"));
 }
 
 // Loads each "path[:prefix]" of --preload into the store. The error names
@@ -88,12 +79,13 @@ absl::Status Preload(const ServerOptions& options, kernels::Backend backend, Ten
 
 struct Server::State {
   ServerOptions options;
+  std::unique_ptr<ServingDevice> device;
   std::unique_ptr<TensorStore> store;
   std::unique_ptr<Executor> executor;
   std::shared_ptr<prometheus::Registry> registry;
   std::unique_ptr<ServerMetrics> metrics;
-  std::unique_ptr<prometheus::Exposer> exposer;
-  std::shared_ptr<ResidentCollector> resident_collector;  // the exposer holds a weak_ptr
+  std::shared_ptr<ResidentCollector> resident_collector;  // the endpoint holds a weak_ptr
+  std::unique_ptr<MetricsEndpoint> metrics_endpoint;
   ServiceContext context;
   std::unique_ptr<TensorOpsService> service;
   std::unique_ptr<grpc::Server> grpc_server;
@@ -125,44 +117,50 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
         absl::StrCat("--max_resident_bytes: expected >= 0 (0 = 90% of free memory), found ",
                      options.max_resident_bytes));
   }
-  auto backend = ChooseBackend(options.device);
-  if (!backend.ok()) return backend.status();
+  auto opened = ServingDevice::Open(options.device);
+  if (!opened.ok()) return opened.status();
+  state->device = std::move(*opened);
+  const ServingDevice& serving = *state->device;
+  const kernels::Backend backend = serving.backend();
 
-  // Resident tensors live in RAM on the CPU backend.
+  // Resident tensors live in device memory (RAM on the CPU backend).
   const int64_t limit = options.max_resident_bytes > 0 ? options.max_resident_bytes
-                                                       : HostAvailableMemoryBytes() / 10 * 9;
-  state->store = std::make_unique<TensorStore>(TensorStore::Options{limit, "cpu"});
+                                                       : serving.FreeMemoryBytes() / 10 * 9;
+  state->store = std::make_unique<TensorStore>(TensorStore::Options{limit, serving.name()});
+  // On a GPU each worker owns a stream, so a few workers overlap copies and
+  // kernels of consecutive requests; on the CPU the kernels use every core.
   const int threads = options.executor_threads > 0
                           ? options.executor_threads
-                          : static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
-  state->executor = std::make_unique<Executor>(Executor::Options{threads, options.max_queue_size});
+                          : static_cast<int>(std::max(serving.is_cuda() ? 4u : 2u,
+                                                      std::thread::hardware_concurrency()));
+  Executor::Options executor_options{threads, options.max_queue_size};
+  executor_options.thread_init = [&serving] { serving.InitThread(); };
+  state->executor = std::make_unique<Executor>(executor_options);
 
   // Metrics first: a metrics port that cannot bind fails the start-up.
   state->registry = std::make_shared<prometheus::Registry>();
-  const v1::DeviceProperties device = DescribeCpu();
+  const v1::DeviceProperties device = serving.Describe();
   state->metrics = std::make_unique<ServerMetrics>(
-      *state->registry, ServerMetrics::BuildInfo{kVersion, "cpu", device.name()});
-  try {
-    state->exposer = std::make_unique<prometheus::Exposer>(options.metrics_address);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("--metrics_address: cannot listen on ",
-                                               options.metrics_address, ": ", e.what()));
-  }
-  state->exposer->RegisterCollectable(state->registry);
-  state->resident_collector = std::make_shared<ResidentCollector>(state->store.get(), HostMemory);
-  state->exposer->RegisterCollectable(state->resident_collector);
-  const std::vector<int> metrics_ports = state->exposer->GetListeningPorts();
-  if (!metrics_ports.empty()) state->metrics_port = metrics_ports.front();
+      *state->registry, ServerMetrics::BuildInfo{kVersion, serving.backend_name(), device.name()});
+  state->resident_collector = std::make_shared<ResidentCollector>(state->store.get(), [&serving] {
+    const int64_t total = serving.TotalMemoryBytes();
+    return DeviceMemory{total - serving.FreeMemoryBytes(), total};
+  });
+  auto endpoint =
+      MetricsEndpoint::Start(options.metrics_address, {state->registry, state->resident_collector});
+  if (!endpoint.ok()) return endpoint.status();
+  state->metrics_endpoint = std::move(*endpoint);
+  state->metrics_port = state->metrics_endpoint->port();
 
   ServiceContext& context = state->context;
   context.store = state->store.get();
   context.executor = state->executor.get();
   context.metrics = state->metrics.get();
   context.env.store = state->store.get();
-  context.env.ctx.backend = *backend;
+  context.env.device = state->device.get();
   context.env.max_message_bytes = options.max_message_bytes;
   context.version = kVersion;
-  context.backend = "cpu";
+  context.backend = serving.backend_name();
   context.model_dir = options.model_dir;
   context.auth_token = options.auth_token;
   context.access_log = options.access_log;
@@ -175,7 +173,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   // Before the gRPC port opens: gRPC's default health service answers
   // SERVING for "" from the moment it starts, so a server that preloaded
   // after listening would look ready while half-loaded.
-  status = Preload(options, *backend, *state->store);
+  status = Preload(options, backend, *state->store);
   if (!status.ok()) return status;
 
   grpc::EnableDefaultHealthCheckService(true);

@@ -134,7 +134,7 @@ grpc::ServerUnaryReactor* TensorOpsService::LoadTensors(grpc::CallbackServerCont
         }
         options.quantize_int8 = req->quantize_int8();
         options.overwrite = req->overwrite();
-        options.backend = service_->env.ctx.backend;
+        options.backend = service_->env.device->backend();
         auto loaded = LoadSafetensors(options, *service_->store);
         if (!loaded.ok()) return loaded.status();
         for (const ResidentTensorPtr& tensor : *loaded) {
@@ -175,7 +175,7 @@ grpc::ServerUnaryReactor* TensorOpsService::GetServerInfo(grpc::CallbackServerCo
   return RunInline(call, Method::kGetServerInfo, *req, *resp, [this, resp] {
     resp->set_version(service_->version);
     resp->set_backend(service_->backend);
-    *resp->mutable_device() = DescribeCpu();
+    *resp->mutable_device() = service_->env.device->Describe();
     resp->set_resident_bytes(service_->store->resident_bytes());
     resp->set_resident_limit_bytes(service_->store->limit_bytes());
     resp->set_resident_tensors(service_->store->size());

@@ -36,6 +36,8 @@ PutTensorReactor::PutTensorReactor(ServiceContext* service, grpc::CallbackServer
 }
 
 void PutTensorReactor::OnReadDone(bool ok) {
+  // Runs on a gRPC thread: select the serving GPU before touching its memory.
+  service_->env.device->MakeCurrent();
   absl::Status status;
   if (!ok) {
     // The client closed its side (or went away): complete the tensor.
@@ -68,7 +70,7 @@ absl::Status PutTensorReactor::Begin(const v1::PutTensorRequest& first) {
   tensor->shape = std::move(shape);
   const int64_t nbytes = kernels::NumElements(tensor->shape) * kernels::ItemSize(dtype);
   ASSIGN_OR_RETURN(reservation_, service_->store->Reserve(nbytes));
-  ASSIGN_OR_RETURN(tensor->values, kernels::Buffer::Allocate(service_->env.ctx.backend,
+  ASSIGN_OR_RETURN(tensor->values, kernels::Buffer::Allocate(service_->env.device->backend(),
                                                              static_cast<size_t>(nbytes)));
   tensor_ = std::move(tensor);
   return Append(first.data());
@@ -160,6 +162,7 @@ absl::Status GetTensorReactor::Start(const v1::GetTensorRequest& request) {
 }
 
 void GetTensorReactor::WriteNext() {
+  service_->env.device->MakeCurrent();
   const size_t total = tensor_->values.size();
   if (!first_ && sent_ >= total) {
     FinishWith(absl::OkStatus());

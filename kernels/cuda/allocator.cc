@@ -34,8 +34,8 @@
 namespace accel::kernels::cuda {
 namespace {
 
-constexpr size_t kSmallLimit = size_t{1} << 20;   // below: 512-byte granularity
-constexpr size_t kSmallGranule = 512;             // keeps 16-byte vector and 256 B alignment
+constexpr size_t kSmallLimit = size_t{1} << 20;    // below: 512-byte granularity
+constexpr size_t kSmallGranule = 512;              // keeps 16-byte vector and 256 B alignment
 constexpr size_t kLargeGranule = size_t{2} << 20;  // the driver's own large-page size
 constexpr int kMaxDevices = 64;
 

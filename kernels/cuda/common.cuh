@@ -261,7 +261,7 @@ struct FlatPlan {
   int64_t prefix = 0;
   int64_t nvec = 0;
   int64_t tail = 0;
-  int64_t scalars() const { return prefix + tail; }
+  __host__ __device__ int64_t scalars() const { return prefix + tail; }
 };
 
 struct PlanPtr {
@@ -278,7 +278,8 @@ inline FlatPlan PlanFlat(int64_t n, int vec, std::initializer_list<PlanPtr> ptrs
   FlatPlan scalar{n, 0, 0};
   if (n <= 0 || ptrs.size() == 0) return FlatPlan{n < 0 ? 0 : n, 0, 0};
   const PlanPtr first = *ptrs.begin();
-  const uintptr_t vb0 = static_cast<uintptr_t>(vec * first.itemsize > 16 ? 16 : vec * first.itemsize);
+  const uintptr_t vb0 =
+      static_cast<uintptr_t>(vec * first.itemsize > 16 ? 16 : vec * first.itemsize);
   const uintptr_t a0 = reinterpret_cast<uintptr_t>(first.ptr);
   if (a0 % first.itemsize != 0) return scalar;
   const int64_t prefix = static_cast<int64_t>(((vb0 - a0 % vb0) % vb0) / first.itemsize);
@@ -315,38 +316,85 @@ __device__ __forceinline__ void FlatLoop(const FlatPlan& plan, VecOp vec_op, Sca
 
 // Row kernels (RmsNorm, per-row Quantize) give each row to one block and
 // split it into chunks of kVec elements; chunk c goes to thread c % threads
-// as its item c / threads. The split depends only on cols, never on
+// (its item c / threads). The split depends only on cols, never on
 // alignment, so a row's result is the same bits wherever it lives (batched
 // or not); alignment only decides whether a chunk moves as one vector.
-struct RowConfig {
-  int threads = 32;  // multiple of 32, at most 1024
-  int items = 1;     // chunks per thread kept in registers: 1, 2, 4 or 8
-  bool wide = false;  // too wide for registers: the two-pass kernel
+enum class RowKind {
+  kRegisters,  // the row in registers, 1 or 2 chunks per thread
+  kShared,     // the row in shared memory (one DRAM read of the row)
+  kTwoPass,    // too wide for shared memory: the row is read twice
 };
 
-// Prefer 256-thread blocks (8 resident per SM, so barriers of one block
-// overlap loads of others) and add items before threads; up to 1024 x 8
-// chunks (64K bf16 / 32K fp32 columns) stay in registers.
-inline RowConfig PickRowConfig(int64_t cols, int vec) {
+struct RowConfig {
+  RowKind kind = RowKind::kRegisters;
+  int threads = 32;       // multiple of 32, at most 512
+  int items = 1;          // kRegisters: chunks per thread (1 or 2)
+  size_t smem_bytes = 0;  // kShared: dynamic shared memory per block
+};
+
+// Registers up to 512 chunks (4096 bf16 / 2048 fp32 columns) in blocks of at
+// most 256 threads (several resident per SM, so one block's barriers overlap
+// another's loads). Past that the register kernel would need more than 64
+// registers per thread (ptxas spills at 4 chunks), so the row goes to
+// shared memory, 4+ chunks per thread in blocks of up to 512 threads, up to
+// max_smem bytes per block.
+inline RowConfig PickRowConfig(int64_t cols, int vec, int itemsize, size_t max_smem) {
   const int64_t chunks = CeilDiv(cols, vec);
   RowConfig c;
-  for (int items = 1; items <= 8; items *= 2) {
-    if (chunks <= 256 * items) {
-      c.items = items;
-      c.threads = static_cast<int>(CeilDiv(CeilDiv(chunks, items), 32) * 32);
-      if (c.threads < 32) c.threads = 32;
-      return c;
-    }
-  }
-  if (chunks <= 1024 * 8) {
-    c.items = 8;
-    c.threads = static_cast<int>(CeilDiv(CeilDiv(chunks, 8), 32) * 32);
+  if (chunks <= 512) {
+    c.kind = RowKind::kRegisters;
+    c.items = chunks <= 256 ? 1 : 2;
+    c.threads = static_cast<int>(CeilDiv(CeilDiv(chunks, c.items), 32) * 32);
+    if (c.threads < 32) c.threads = 32;  // cols == 0 (per-row Quantize: scale 1)
     return c;
   }
-  c.wide = true;
-  c.threads = 1024;
-  c.items = 4;  // unroll of the wide loops
+  const int64_t threads = CeilDiv(CeilDiv(chunks, 4), 32) * 32;
+  c.threads = static_cast<int>(threads < 512 ? threads : 512);
+  const size_t bytes = static_cast<size_t>(chunks) * vec * itemsize;
+  if (bytes <= max_smem) {
+    c.kind = RowKind::kShared;
+    c.smem_bytes = bytes;
+  } else {
+    c.kind = RowKind::kTwoPass;
+  }
   return c;
+}
+
+// Opt-in shared memory per block of the current device (227 KB on H100,
+// 163 KB on A100), less 1 KB for static shared memory; cached per device.
+inline size_t MaxDynamicSmem() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) {
+    return 48 * 1024;
+  }
+  int bytes = cache[device].load(std::memory_order_relaxed);
+  if (bytes == 0) {
+    if (cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+            cudaSuccess ||
+        bytes < 48 * 1024) {
+      bytes = 48 * 1024;
+    }
+    bytes -= 1024;
+    cache[device].store(bytes, std::memory_order_relaxed);
+  }
+  return static_cast<size_t>(bytes);
+}
+
+// Raises a kernel's dynamic shared memory limit to MaxDynamicSmem() once per
+// device (cudaFuncSetAttribute is a cheap host call, but not free).
+template <typename Kernel>
+cudaError_t AllowDynamicSmem(Kernel kernel, std::atomic<uint64_t>& done_mask) {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if (bit != 0 && (done_mask.load(std::memory_order_relaxed) & bit)) return cudaSuccess;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(MaxDynamicSmem()));
+  if (err == cudaSuccess) done_mask.fetch_or(bit, std::memory_order_relaxed);
+  return err;
 }
 
 // Grid for one block per row; rows beyond 2^31 - 1 loop.

@@ -18,6 +18,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "accel/kernels/cuda_memory.h"
+
 namespace accel::kernels::cuda {
 
 // Element types, numbered as kernels::DType (and accel.v1.DType).
@@ -150,30 +152,6 @@ struct FfnParams {
 size_t FfnWorkspaceBytes(const FfnParams& p);
 cudaError_t LaunchFfn(const FfnParams& p, cudaStream_t stream);
 
-// ------------------------------------------------------------ Device memory
-// A caching allocator: device memory is taken from the driver once and
-// reused, so the request path never calls cudaMalloc or cudaFree (each can
-// synchronise the device). Thread-safe.
-cudaError_t DeviceAlloc(int device, size_t bytes, void** ptr);
-void DeviceFree(int device, void* ptr);
-// Pinned host memory for staging copies, cached likewise.
-cudaError_t PinnedAlloc(size_t bytes, void** ptr);
-void PinnedFree(void* ptr);
-
-// What the caching allocator holds on one device (device >= 0) or in pinned
-// host memory (device = kPinnedMemory): for GetServerInfo, metrics and the
-// tests that check that steady-state traffic never reaches the driver.
-inline constexpr int kPinnedMemory = -1;
-struct MemoryStats {
-  uint64_t driver_allocs = 0;   // cudaMalloc / cudaHostAlloc calls that succeeded
-  uint64_t driver_frees = 0;    // cudaFree / cudaFreeHost calls
-  uint64_t reserved_bytes = 0;  // held from the driver: in use + cached
-  uint64_t in_use_bytes = 0;    // handed out and not yet freed (rounded sizes)
-  uint64_t cached_bytes = 0;    // free blocks kept for reuse
-};
-MemoryStats GetMemoryStats(int device);
-// Returns every cached (free) block of `device` (or kPinnedMemory) to the
-// driver. cudaFree synchronises the device: never on the request path.
-cudaError_t ReleaseCachedMemory(int device);
+// Device memory (DeviceAlloc, PinnedAlloc, ...): accel/kernels/cuda_memory.h.
 
 }  // namespace accel::kernels::cuda

@@ -3,7 +3,9 @@
 //
 // A Buffer is move-only; it frees its memory when destroyed. CPU buffers are
 // 64-byte aligned host memory; CUDA buffers live in device memory (the CUDA
-// backend supplies their allocator). Distinct buffers may be used from
+// backend's caching allocator, on the device current when Allocate ran;
+// freeing one returns it to that cache, so the caller must free it only when
+// no queued device work still uses it). Distinct buffers may be used from
 // different threads; one buffer's bytes are guarded by its owner.
 #pragma once
 
@@ -33,12 +35,14 @@ class Buffer {
   Backend backend() const { return backend_; }
 
  private:
-  Buffer(Backend backend, void* data, size_t size) : backend_(backend), data_(data), size_(size) {}
+  Buffer(Backend backend, void* data, size_t size, int device = 0)
+      : backend_(backend), data_(data), size_(size), device_(device) {}
   void Release();
 
   Backend backend_ = Backend::kCpu;
   void* data_ = nullptr;
   size_t size_ = 0;
+  int device_ = 0;  // CUDA buffers: the device whose allocator owns data_
 };
 
 // Synchronous copies between host memory and a buffer, at a byte offset.

@@ -1,0 +1,262 @@
+#include "server/serving_device.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "accel/util/logging.h"
+#include "server/device_info.h"
+
+#if ACCEL_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+#include "accel/kernels/cuda_memory.h"
+#endif
+
+namespace accel::server {
+namespace {
+
+#if ACCEL_WITH_CUDA
+// Each executor thread's stream: requests on different threads overlap.
+thread_local cudaStream_t t_stream = nullptr;
+
+absl::Status Cuda(cudaError_t error, const char* what) {
+  if (error == cudaSuccess) return absl::OkStatus();
+  if (error == cudaErrorMemoryAllocation) {
+    return absl::ResourceExhaustedError(absl::StrCat("out of device memory (", what, ")"));
+  }
+  return absl::InternalError(absl::StrCat("CUDA error in ", what, ": ", cudaGetErrorName(error),
+                                          ": ", cudaGetErrorString(error)));
+}
+
+int CudaDeviceCount() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear "no device" so it does not linger
+    return 0;
+  }
+  return count;
+}
+#endif
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ServingDevice>> ServingDevice::Open(const std::string& flag) {
+  using Ptr = std::unique_ptr<ServingDevice>;
+  if (flag == "cpu") return Ptr(new ServingDevice(kernels::Backend::kCpu, -1, "cpu"));
+  int ordinal = -1;
+  if (flag == "auto") {
+#if ACCEL_WITH_CUDA
+    if (CudaDeviceCount() > 0) ordinal = 0;
+#endif
+    if (ordinal < 0) return Ptr(new ServingDevice(kernels::Backend::kCpu, -1, "cpu"));
+  } else if (flag.rfind("cuda:", 0) == 0 && absl::SimpleAtoi(flag.substr(5), &ordinal) &&
+             ordinal >= 0) {
+#if !ACCEL_WITH_CUDA
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--device=", flag, ": this build has no CUDA backend (configure with -DACCEL_CUDA=ON)"));
+#else
+    const int count = CudaDeviceCount();
+    if (ordinal >= count) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("--device=", flag, ": only ", count, " CUDA device(s) are visible"));
+    }
+#endif
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device: expected auto, cpu or cuda:N, found '", flag, "'"));
+  }
+  auto device =
+      Ptr(new ServingDevice(kernels::Backend::kCuda, ordinal, absl::StrCat("cuda:", ordinal)));
+  device->InitThread();
+  return device;
+}
+
+void ServingDevice::MakeCurrent() const {
+#if ACCEL_WITH_CUDA
+  if (is_cuda()) cudaSetDevice(ordinal_);
+#endif
+}
+
+void ServingDevice::InitThread() const {
+#if ACCEL_WITH_CUDA
+  if (!is_cuda()) return;
+  cudaSetDevice(ordinal_);
+  if (t_stream == nullptr) cudaStreamCreateWithFlags(&t_stream, cudaStreamNonBlocking);
+#endif
+}
+
+int64_t ServingDevice::TotalMemoryBytes() const {
+#if ACCEL_WITH_CUDA
+  if (is_cuda()) {
+    MakeCurrent();
+    size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) == cudaSuccess) return static_cast<int64_t>(total);
+    return 0;
+  }
+#endif
+  return HostTotalMemoryBytes();
+}
+
+int64_t ServingDevice::FreeMemoryBytes() const {
+#if ACCEL_WITH_CUDA
+  if (is_cuda()) {
+    MakeCurrent();
+    size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) == cudaSuccess) return static_cast<int64_t>(free);
+    return 0;
+  }
+#endif
+  return HostAvailableMemoryBytes();
+}
+
+v1::DeviceProperties ServingDevice::Describe() const {
+#if ACCEL_WITH_CUDA
+  if (is_cuda()) {
+    cudaDeviceProp prop{};
+    cudaGetDeviceProperties(&prop, ordinal_);
+    v1::DeviceProperties props;
+    props.set_name(prop.name);
+    props.set_total_memory(TotalMemoryBytes());
+    props.set_free_memory(FreeMemoryBytes());
+    props.set_compute_capability(absl::StrCat(prop.major, ".", prop.minor));
+    props.set_multi_processor_count(prop.multiProcessorCount);
+    const int cc = prop.major * 10 + prop.minor;
+    props.set_supports_fp16(cc >= 53);
+    props.set_supports_bf16(cc >= 80);
+    props.set_supports_fp8(cc >= 89);
+    props.set_supports_int8_tensor_cores(cc >= 72);
+    return props;
+  }
+#endif
+  return DescribeCpu();
+}
+
+absl::Status ServingDevice::health() const {
+  if (!poisoned_.load(std::memory_order_acquire)) return absl::OkStatus();
+  absl::MutexLock lock(&mu_);
+  return latched_;
+}
+
+void ServingDevice::NoteFailure(const absl::Status& status) const {
+#if ACCEL_WITH_CUDA
+  if (!is_cuda() || status.code() != absl::StatusCode::kInternal) return;
+  // A sticky error survives a synchronisation; an ordinary one was cleared.
+  const cudaError_t sticky = cudaDeviceSynchronize();
+  if (sticky == cudaSuccess) return;
+  absl::MutexLock lock(&mu_);
+  if (poisoned_.load()) return;
+  latched_ = absl::InternalError(absl::StrCat("the CUDA context is unusable after ",
+                                              cudaGetErrorName(sticky), " (", status.message(),
+                                              "); restart the server"));
+  poisoned_.store(true, std::memory_order_release);
+  LOG(ERROR) << latched_;
+#endif
+}
+
+// ------------------------------------------------------------- CallScope
+
+CallScope::CallScope(const ServingDevice& device) : device_(device) {
+  ctx_.backend = device.backend();
+  ctx_.scratch = this;
+#if ACCEL_WITH_CUDA
+  if (device.is_cuda()) {
+    if (t_stream == nullptr) device.InitThread();
+    ctx_.stream = t_stream;
+  }
+#endif
+}
+
+CallScope::~CallScope() {
+#if ACCEL_WITH_CUDA
+  if (device_.is_cuda()) {
+    // Scratch returns to a cache other streams allocate from: wait until
+    // this call's kernels are done with it.
+    if (work_pending_ && !finished_) cudaStreamSynchronize(t_stream);
+    for (void* p : scratch_) kernels::cuda::DeviceFree(device_.ordinal_, p);
+    for (void* p : pinned_) kernels::cuda::PinnedFree(p);
+    return;
+  }
+#endif
+  for (void* p : scratch_) std::free(p);
+}
+
+absl::StatusOr<void*> CallScope::Allocate(size_t bytes) {
+  const size_t rounded = (bytes + 255) / 256 * 256;
+#if ACCEL_WITH_CUDA
+  if (device_.is_cuda()) {
+    void* p = nullptr;
+    absl::Status s = Cuda(kernels::cuda::DeviceAlloc(device_.ordinal_, rounded, &p), "scratch");
+    if (!s.ok()) return s;
+    scratch_.push_back(p);
+    work_pending_ = true;
+    return p;
+  }
+#endif
+  void* p = std::aligned_alloc(256, rounded == 0 ? 256 : rounded);
+  if (p == nullptr) return absl::ResourceExhaustedError("out of host memory for scratch");
+  scratch_.push_back(p);
+  return p;
+}
+
+absl::StatusOr<kernels::ConstTensorView> CallScope::Stage(const kernels::ConstTensorView& host) {
+  if (!device_.is_cuda() || host.nbytes() == 0) return host;
+#if ACCEL_WITH_CUDA
+  const size_t n = host.nbytes();
+  void* pinned = nullptr;
+  absl::Status s = Cuda(kernels::cuda::PinnedAlloc(n, &pinned), "pinned staging");
+  if (!s.ok()) return s;
+  pinned_.push_back(pinned);
+  std::memcpy(pinned, host.data, n);
+  auto device = Allocate(n);
+  if (!device.ok()) return device.status();
+  s = Cuda(cudaMemcpyAsync(*device, pinned, n, cudaMemcpyHostToDevice, t_stream), "upload");
+  if (!s.ok()) return s;
+  work_pending_ = true;
+  return kernels::ConstTensorView{host.dtype, host.shape, *device};
+#else
+  return host;
+#endif
+}
+
+absl::StatusOr<void*> CallScope::ResultBuffer(void* host_dst, size_t nbytes) {
+  if (!device_.is_cuda() || nbytes == 0) return host_dst;
+#if ACCEL_WITH_CUDA
+  void* pinned = nullptr;
+  absl::Status s = Cuda(kernels::cuda::PinnedAlloc(nbytes, &pinned), "pinned staging");
+  if (!s.ok()) return s;
+  pinned_.push_back(pinned);
+  auto device = Allocate(nbytes);
+  if (!device.ok()) return device.status();
+  results_.push_back(PendingCopy{*device, pinned, host_dst, nbytes});
+  return *device;
+#else
+  return host_dst;
+#endif
+}
+
+absl::Status CallScope::Finish() {
+  if (finished_) return finish_status_;
+  finished_ = true;
+#if ACCEL_WITH_CUDA
+  if (device_.is_cuda() && work_pending_) {
+    for (const PendingCopy& copy : results_) {
+      finish_status_ = Cuda(
+          cudaMemcpyAsync(copy.pinned, copy.device, copy.nbytes, cudaMemcpyDeviceToHost, t_stream),
+          "download");
+      if (!finish_status_.ok()) break;
+    }
+    const absl::Status synced = Cuda(cudaStreamSynchronize(t_stream), "kernel execution");
+    if (finish_status_.ok()) finish_status_ = synced;
+    if (finish_status_.ok()) {
+      for (const PendingCopy& copy : results_) std::memcpy(copy.host, copy.pinned, copy.nbytes);
+    } else {
+      device_.NoteFailure(finish_status_);
+    }
+  }
+#endif
+  return finish_status_;
+}
+
+}  // namespace accel::server

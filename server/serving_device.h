@@ -1,0 +1,124 @@
+// The device requests run on (the host CPU or one CUDA GPU), and the
+// per-call scope that moves a request's bytes to it and back.
+//
+// ServingDevice is chosen once at start-up from --device. On CUDA each
+// executor thread owns a stream (InitThread), so concurrent requests overlap
+// on the GPU; a CallScope gives one call that stream, scratch memory from
+// the caching allocator (never cudaMalloc on the hot path), pinned staging
+// for inline inputs (Stage) and inline results (registered by OutputSlot and
+// copied back by Finish, which synchronises the stream once). On the CPU
+// every step is the identity: inline inputs are used where they arrived and
+// results are written straight into the response.
+//
+// A sticky CUDA error (an illegal address poisons the context) is latched:
+// later calls fail with it, and the server reports NOT_SERVING.
+//
+// Thread-safety: ServingDevice is thread-safe. A CallScope belongs to one
+// call on one executor thread.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "accel/kernels/ops.h"
+#include "accel/v1/tensor_ops.pb.h"
+
+namespace accel::server {
+
+class CallScope;
+
+class ServingDevice {
+ public:
+  // "auto" (the first GPU if the build has CUDA and one is present, else the
+  // CPU), "cpu" or "cuda:N".
+  static absl::StatusOr<std::unique_ptr<ServingDevice>> Open(const std::string& flag);
+
+  kernels::Backend backend() const { return backend_; }
+  bool is_cuda() const { return backend_ == kernels::Backend::kCuda; }
+  // "cpu" or "cuda:N": reported in TensorInfo.device.
+  const std::string& name() const { return name_; }
+  // "cpu" or "cuda": GetServerInfo.backend.
+  const char* backend_name() const { return is_cuda() ? "cuda" : "cpu"; }
+
+  // Device properties with live free memory.
+  v1::DeviceProperties Describe() const;
+  int64_t TotalMemoryBytes() const;
+  int64_t FreeMemoryBytes() const;
+
+  // Run once on each thread that touches device memory (executor workers,
+  // and before transfers on gRPC threads): selects the device and, for
+  // executor workers, creates the thread's stream.
+  void InitThread() const;
+  // Selects the device on the calling thread (cheap when already current).
+  void MakeCurrent() const;
+
+  // OK, or the latched sticky error.
+  absl::Status health() const;
+  // After a failed CUDA call: latches the error if the context is poisoned.
+  void NoteFailure(const absl::Status& status) const;
+
+ private:
+  ServingDevice(kernels::Backend backend, int ordinal, std::string name)
+      : backend_(backend), ordinal_(ordinal), name_(std::move(name)) {}
+
+  const kernels::Backend backend_;
+  const int ordinal_;
+  const std::string name_;
+  mutable absl::Mutex mu_;
+  mutable absl::Status latched_ ABSL_GUARDED_BY(mu_);
+  mutable std::atomic<bool> poisoned_{false};
+
+  friend class CallScope;
+};
+
+class CallScope final : public kernels::ScratchAllocator {
+ public:
+  explicit CallScope(const ServingDevice& device);
+  ~CallScope() override;  // waits for the stream if work is pending, frees scratch
+  CallScope(const CallScope&) = delete;
+  CallScope& operator=(const CallScope&) = delete;
+
+  const kernels::ExecContext& ctx() const { return ctx_; }
+  bool on_device() const { return device_.is_cuda(); }
+
+  // Scratch on the device (ScratchAllocator), freed with the scope.
+  absl::StatusOr<void*> Allocate(size_t bytes) override;
+
+  // A view of `host` on the device: the same view on the CPU; on CUDA a
+  // copy through pinned staging, enqueued on the call's stream.
+  absl::StatusOr<kernels::ConstTensorView> Stage(const kernels::ConstTensorView& host);
+
+  // Device memory for an inline result whose bytes end up at `host_dst`
+  // (nbytes long) once Finish() returns. CPU: returns host_dst itself.
+  absl::StatusOr<void*> ResultBuffer(void* host_dst, size_t nbytes);
+
+  // Copies inline results back and waits for the call's device work (once;
+  // later calls return the same status). Resident results may be published
+  // only after this.
+  absl::Status Finish();
+
+ private:
+  struct PendingCopy {
+    void* device;
+    void* pinned;
+    void* host;
+    size_t nbytes;
+  };
+
+  const ServingDevice& device_;
+  kernels::ExecContext ctx_;
+  std::vector<void*> scratch_;  // device blocks to free
+  std::vector<void*> pinned_;   // pinned blocks to free
+  std::vector<PendingCopy> results_;
+  bool finished_ = false;
+  bool work_pending_ = false;
+  absl::Status finish_status_;
+};
+
+}  // namespace accel::server

@@ -1,0 +1,402 @@
+// Linear and Ffn on the CUDA backend, through the public ops API, against
+// the fp64 reference and the CPU backend: every float dtype, float weights
+// of the input's and of another dtype, int8 weights with per-row and
+// per-tensor scales (both W8A16 paths), biases of another dtype, zero and
+// odd sizes, unaligned views, and the W8A16 kernel's batch invariance.
+// Skips without a CUDA device.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "accel/kernels/ops.h"
+#include "cuda/launch.h"
+#include "cuda/linear.h"
+#include "cuda_test_util.h"
+#include "reference.h"
+#include "test_util.h"
+
+namespace accel::kernels {
+namespace {
+
+using testing::AllClose;
+using testing::DeviceScratch;
+using testing::DeviceTensor;
+using testing::HostTensor;
+
+enum class WeightKind { kSameFloat, kOtherFloat, kInt8PerRow, kInt8PerTensor };
+
+const char* KindName(WeightKind k) {
+  switch (k) {
+    case WeightKind::kSameFloat:
+      return "same_float";
+    case WeightKind::kOtherFloat:
+      return "other_float";
+    case WeightKind::kInt8PerRow:
+      return "int8_per_row";
+    case WeightKind::kInt8PerTensor:
+      return "int8_per_tensor";
+  }
+  return "?";
+}
+
+DType OtherFloat(DType d) { return testing::FloatDTypes()[static_cast<int>(d) % 3]; }
+
+// A weight [rows, cols] on the host and on the device.
+struct TestWeight {
+  HostTensor values;
+  HostTensor scales;
+  bool quantized = false;
+  std::unique_ptr<DeviceTensor> d_values, d_scales;
+
+  WeightView host_view() const {
+    WeightView w{values.view(), std::nullopt};
+    if (quantized) w.scales = scales.view();
+    return w;
+  }
+  WeightView device_view() const {
+    WeightView w{d_values->view(), std::nullopt};
+    if (quantized) w.scales = d_scales->view();
+    return w;
+  }
+  std::vector<double> ref_scales() const {
+    return quantized ? scales.values() : std::vector<double>{};
+  }
+};
+
+TestWeight MakeWeight(WeightKind kind, DType input_dtype, int64_t rows, int64_t cols,
+                      std::mt19937_64& rng) {
+  TestWeight w;
+  const double bound = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(cols, 1)));
+  switch (kind) {
+    case WeightKind::kSameFloat:
+      w.values = testing::RandomTensor(input_dtype, {rows, cols}, rng, -bound, bound);
+      break;
+    case WeightKind::kOtherFloat:
+      w.values = testing::RandomTensor(OtherFloat(input_dtype), {rows, cols}, rng, -bound, bound);
+      break;
+    case WeightKind::kInt8PerRow:
+    case WeightKind::kInt8PerTensor: {
+      w.quantized = true;
+      w.values = HostTensor(DType::kInt8, {rows, cols});
+      std::uniform_int_distribution<int> q(-127, 127);
+      for (int64_t i = 0; i < w.values.size(); ++i) w.values.Set(i, q(rng));
+      const bool per_row = kind == WeightKind::kInt8PerRow;
+      w.scales = testing::RandomTensor(DType::kFloat32, per_row ? Shape{rows} : Shape{}, rng,
+                                       bound / 200, bound / 100);
+      break;
+    }
+  }
+  w.d_values = std::make_unique<DeviceTensor>(w.values);
+  if (w.quantized) w.d_scales = std::make_unique<DeviceTensor>(w.scales);
+  return w;
+}
+
+class CudaTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ACCEL_SKIP_WITHOUT_CUDA();
+    ASSERT_EQ(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), cudaSuccess);
+  }
+  void TearDown() override {
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+  ExecContext Ctx(ScratchAllocator* scratch) const {
+    return ExecContext{Backend::kCuda, stream_, scratch};
+  }
+  ::testing::AssertionResult Sync() const {
+    const cudaError_t err = cudaStreamSynchronize(stream_);
+    if (err != cudaSuccess) return ::testing::AssertionFailure() << cudaGetErrorString(err);
+    return ::testing::AssertionSuccess();
+  }
+  cudaStream_t stream_ = nullptr;
+};
+
+// ------------------------------------------------------------------ Linear
+
+struct LinearCase {
+  int64_t m, k, n;
+};
+
+class CudaLinearTest
+    : public CudaTest,
+      public ::testing::WithParamInterface<std::tuple<DType, LinearCase, WeightKind, bool>> {};
+
+TEST_P(CudaLinearTest, MatchesReferenceAndCpu) {
+  const auto [dtype, c, kind, with_bias] = GetParam();
+  const uint64_t seed = testing::NewSeed();
+  std::mt19937_64 rng(seed);
+  const Shape in_shape = {c.m, c.k};
+  HostTensor x = testing::RandomTensor(dtype, in_shape, rng);
+  TestWeight w = MakeWeight(kind, dtype, c.n, c.k, rng);
+  HostTensor bias = testing::RandomTensor(OtherFloat(dtype), {c.n}, rng);
+  DeviceTensor dx(x), dbias(bias);
+  ASSERT_TRUE(dx.ok() && dbias.ok() && w.d_values->ok());
+
+  LinearArgs args{dx.view(), w.device_view(), std::nullopt};
+  if (with_bias) args.bias = dbias.view();
+  auto spec = CheckLinear(args);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  const Shape out_shape = {c.m, c.n};
+  ASSERT_EQ(spec->shape, out_shape);
+  DeviceTensor dout(dtype, out_shape);
+  dout.Poison();
+  DeviceScratch scratch;
+  const absl::Status st = Linear(Ctx(&scratch), args, dout.mut());
+  ASSERT_TRUE(st.ok()) << st;
+  ASSERT_TRUE(Sync());
+  const HostTensor got = dout.ToHost();
+
+  const std::vector<double> bv = bias.values();
+  std::vector<double> mag;
+  const auto want = testing::Linear(x.values(), w.values.values(), w.ref_scales(),
+                                    with_bias ? &bv : nullptr, c.m, c.k, c.n, &mag);
+  for (double& v : mag) v *= dtype == DType::kFloat32 ? 1e-5 : 1e-4;
+  const std::string what = absl::StrCat("cuda linear m=", c.m, " k=", c.k, " n=", c.n,
+                                        " kind=", KindName(kind), " bias=", with_bias);
+  EXPECT_TRUE(
+      AllClose(got, want, testing::DefaultTolerance(dtype), testing::Ctx(seed, what), &mag));
+
+  // And against the CPU backend on the same inputs.
+  LinearArgs host_args{x.view(), w.host_view(), std::nullopt};
+  if (with_bias) host_args.bias = bias.view();
+  HostTensor cpu(dtype, out_shape);
+  ASSERT_TRUE(Linear(ExecContext{}, host_args, cpu.mut()).ok());
+  EXPECT_TRUE(AllClose(got, cpu.values(), testing::DefaultTolerance(dtype),
+                       testing::Ctx(seed, what + " vs cpu"), &mag));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaLinearTest,
+    ::testing::Combine(::testing::Values(DType::kFloat32, DType::kFloat16, DType::kBFloat16),
+                       ::testing::Values(
+                           // Empty, odd K and N (the dequant path for int8: k % 16 != 0),
+                           // the W8A16 kernel's 1/2/4-tile variants with partial chunks
+                           // (k = 48) and a K tail (4112 = 16 chunks + 16 bytes), the
+                           // dequant path past 32 rows, and the decode shape itself.
+                           LinearCase{0, 64, 32}, LinearCase{1, 17, 33}, LinearCase{3, 48, 80},
+                           LinearCase{16, 4112, 40}, LinearCase{17, 64, 33}, LinearCase{32, 48, 24},
+                           LinearCase{33, 48, 80}, LinearCase{128, 272, 130},
+                           LinearCase{1000, 96, 72}, LinearCase{1, 4096, 4096},
+                           LinearCase{16, 4096, 1024}),
+                       ::testing::Values(WeightKind::kSameFloat, WeightKind::kOtherFloat,
+                                         WeightKind::kInt8PerRow, WeightKind::kInt8PerTensor),
+                       ::testing::Bool()));
+
+// Every path LaunchLinear can take, forced through the internal API, on the
+// same int8 problem: skinny and dequant agree with the reference.
+TEST_F(CudaTest, EveryW8A16PathMatchesReference) {
+  using cuda::LinearPath;
+  for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
+    for (int64_t m : {1, 5, 16, 32}) {
+      const uint64_t seed = testing::NewSeed();
+      std::mt19937_64 rng(seed);
+      const int64_t k = 1024, n = 272;
+      HostTensor x = testing::RandomTensor(dtype, {m, k}, rng);
+      TestWeight w = MakeWeight(WeightKind::kInt8PerRow, dtype, n, k, rng);
+      HostTensor bias = testing::RandomTensor(DType::kFloat32, {n}, rng);
+      DeviceTensor dx(x), dbias(bias);
+      std::vector<double> mag;
+      const std::vector<double> bv = bias.values();
+      const auto want =
+          testing::Linear(x.values(), w.values.values(), w.ref_scales(), &bv, m, k, n, &mag);
+      for (double& v : mag) v *= 1e-4;
+      for (LinearPath path : {LinearPath::kW8A16Skinny, LinearPath::kW8A16Dequant}) {
+        cuda::LinearParams p;
+        p.input = dx.data();
+        p.dtype = static_cast<cuda::ElemType>(dtype);
+        p.m = m;
+        p.k = k;
+        p.n = n;
+        p.weight = w.d_values->data();
+        p.weight_dtype = cuda::ElemType::kI8;
+        p.scales = static_cast<const float*>(w.d_scales->data());
+        p.per_row_scales = true;
+        p.bias = dbias.data();
+        p.bias_dtype = cuda::ElemType::kF32;
+        DeviceTensor out(dtype, {m, n});
+        out.Poison();
+        p.output = out.data();
+        ASSERT_TRUE(cuda::LinearPathSupports(path, p)) << cuda::LinearPathName(path);
+        p.workspace_bytes = cuda::LinearWorkspaceBytesFor(p, path);
+        DeviceScratch scratch;
+        auto ws = scratch.Allocate(p.workspace_bytes);
+        ASSERT_TRUE(ws.ok());
+        p.workspace = *ws;
+        ASSERT_EQ(cuda::LaunchLinearWith(p, path, stream_), cudaSuccess);
+        ASSERT_TRUE(Sync());
+        EXPECT_TRUE(AllClose(
+            out.ToHost(), want, testing::DefaultTolerance(dtype),
+            testing::Ctx(seed, absl::StrCat("path=", cuda::LinearPathName(path), " m=", m)), &mag));
+      }
+    }
+  }
+}
+
+// Batching never changes a result: on the W8A16 kernel a row's output has
+// the same bits whether it runs alone or with up to 31 others.
+TEST_F(CudaTest, W8A16RowsAreBatchInvariant) {
+  for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
+    const uint64_t seed = testing::NewSeed();
+    std::mt19937_64 rng(seed);
+    const int64_t m = 32, k = 4096, n = 512;
+    HostTensor x = testing::RandomTensor(dtype, {m, k}, rng);
+    TestWeight w = MakeWeight(WeightKind::kInt8PerRow, dtype, n, k, rng);
+    DeviceTensor dx(x);
+    DeviceScratch scratch;
+    DeviceTensor full(dtype, {m, n});
+    ASSERT_TRUE(Linear(Ctx(&scratch), {dx.view(), w.device_view(), std::nullopt}, full.mut()).ok());
+    const size_t item = ItemSize(dtype);
+    std::vector<HostTensor> parts;
+    for (int64_t rows : {1, 3, 8, 9, 16, 17}) {
+      // The first `rows` rows alone.
+      const ConstTensorView xv{dtype, {rows, k}, dx.data()};
+      DeviceTensor out(dtype, {rows, n});
+      ASSERT_TRUE(Linear(Ctx(&scratch), {xv, w.device_view(), std::nullopt}, out.mut()).ok());
+      ASSERT_TRUE(Sync());
+      parts.push_back(out.ToHost());
+    }
+    ASSERT_TRUE(Sync());
+    const HostTensor all = full.ToHost();
+    for (const HostTensor& part : parts) {
+      EXPECT_EQ(std::memcmp(part.data(), all.data(), part.shape[0] * n * item), 0)
+          << "seed=" << seed << " dtype=" << DTypeName(dtype) << " rows=" << part.shape[0];
+    }
+  }
+}
+
+// Views that start off the 16-byte grid (inside a batch, say) take the
+// vector-free paths and give the same numbers.
+TEST_F(CudaTest, LinearWithUnalignedViews) {
+  for (WeightKind kind : {WeightKind::kSameFloat, WeightKind::kInt8PerRow}) {
+    for (DType dtype : {DType::kFloat16, DType::kBFloat16, DType::kFloat32}) {
+      const uint64_t seed = testing::NewSeed();
+      std::mt19937_64 rng(seed);
+      const int64_t m = 5, k = 64, n = 40;
+      HostTensor x = testing::RandomTensor(dtype, {m, k}, rng);
+      TestWeight w = MakeWeight(kind, dtype, n, k, rng);
+      HostTensor bias = testing::RandomTensor(dtype, {n}, rng);
+      const size_t item = ItemSize(dtype);
+      DeviceTensor dx(x, item), dbias(bias, item), dout(dtype, {m, n}, item);
+      dout.Poison();
+      DeviceScratch scratch;
+      const absl::Status st =
+          Linear(Ctx(&scratch), {dx.view(), w.device_view(), dbias.view()}, dout.mut());
+      ASSERT_TRUE(st.ok()) << st;
+      ASSERT_TRUE(Sync());
+      const std::vector<double> bv = bias.values();
+      std::vector<double> mag;
+      const auto want =
+          testing::Linear(x.values(), w.values.values(), w.ref_scales(), &bv, m, k, n, &mag);
+      for (double& v : mag) v *= dtype == DType::kFloat32 ? 1e-5 : 1e-4;
+      EXPECT_TRUE(AllClose(dout.ToHost(), want, testing::DefaultTolerance(dtype),
+                           testing::Ctx(seed, absl::StrCat("unaligned ", KindName(kind))), &mag));
+    }
+  }
+}
+
+TEST_F(CudaTest, LinearWithKZeroGivesBias) {
+  DeviceTensor x(DType::kFloat16, {2, 0}), w(DType::kFloat16, {3, 0});
+  HostTensor b(DType::kFloat32, {3});
+  for (int i = 0; i < 3; ++i) b.Set(i, i + 1);
+  DeviceTensor db(b), out(DType::kFloat16, {2, 3});
+  out.Poison();
+  DeviceScratch scratch;
+  ASSERT_TRUE(
+      Linear(Ctx(&scratch), {x.view(), {w.view(), std::nullopt}, db.view()}, out.mut()).ok());
+  ASSERT_TRUE(Sync());
+  EXPECT_EQ(out.ToHost().values(), (std::vector<double>{1, 2, 3, 1, 2, 3}));
+}
+
+// --------------------------------------------------------------------- Ffn
+
+std::vector<double> RefFfn(const std::vector<double>& x, const TestWeight& wg, const TestWeight& wu,
+                           const TestWeight& wd, const std::vector<double>* bg,
+                           const std::vector<double>* bu, const std::vector<double>* bd, int64_t m,
+                           int64_t h, int64_t i, std::vector<double>* mag) {
+  const auto g = testing::Linear(x, wg.values.values(), wg.ref_scales(), bg, m, h, i, nullptr);
+  const auto u = testing::Linear(x, wu.values.values(), wu.ref_scales(), bu, m, h, i, nullptr);
+  const auto act = testing::SwiGlu(g, u);
+  return testing::Linear(act, wd.values.values(), wd.ref_scales(), bd, m, i, h, mag);
+}
+
+struct FfnCase {
+  int64_t m, h, i;
+};
+
+class CudaFfnTest
+    : public CudaTest,
+      public ::testing::WithParamInterface<std::tuple<DType, FfnCase, WeightKind, bool>> {};
+
+TEST_P(CudaFfnTest, MatchesReferenceAndCpu) {
+  const auto [dtype, c, kind, with_bias] = GetParam();
+  const uint64_t seed = testing::NewSeed();
+  std::mt19937_64 rng(seed);
+  HostTensor x = testing::RandomTensor(dtype, {c.m, c.h}, rng);
+  TestWeight wg = MakeWeight(kind, dtype, c.i, c.h, rng);
+  TestWeight wu = MakeWeight(kind == WeightKind::kInt8PerRow ? WeightKind::kInt8PerTensor : kind,
+                             dtype, c.i, c.h, rng);
+  TestWeight wd = MakeWeight(kind == WeightKind::kSameFloat ? WeightKind::kOtherFloat : kind, dtype,
+                             c.h, c.i, rng);
+  HostTensor bg = testing::RandomTensor(DType::kFloat32, {c.i}, rng);
+  HostTensor bu = testing::RandomTensor(DType::kFloat16, {c.i}, rng);
+  HostTensor bd = testing::RandomTensor(DType::kBFloat16, {c.h}, rng);
+  DeviceTensor dx(x), dbg(bg), dbu(bu), dbd(bd);
+  FfnArgs args{dx.view(),    wg.device_view(), wu.device_view(), wd.device_view(),
+               std::nullopt, std::nullopt,     std::nullopt};
+  if (with_bias) {
+    args.b_gate = dbg.view();
+    args.b_up = dbu.view();
+    args.b_down = dbd.view();
+  }
+  auto spec = CheckFfn(args);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  DeviceTensor dout(dtype, {c.m, c.h});
+  dout.Poison();
+  DeviceScratch scratch;
+  const absl::Status st = Ffn(Ctx(&scratch), args, dout.mut());
+  ASSERT_TRUE(st.ok()) << st;
+  ASSERT_TRUE(Sync());
+  const HostTensor got = dout.ToHost();
+
+  const auto bgv = bg.values(), buv = bu.values(), bdv = bd.values();
+  std::vector<double> mag;
+  const auto want =
+      RefFfn(x.values(), wg, wu, wd, with_bias ? &bgv : nullptr, with_bias ? &buv : nullptr,
+             with_bias ? &bdv : nullptr, c.m, c.h, c.i, &mag);
+  // The intermediates are rounded to the activation dtype (gate, up and
+  // silu(gate) * up: three roundings of half an ulp at most), so the error
+  // scales with sum |act * w_down| at 1.5 ulps of the dtype.
+  const double ulps =
+      dtype == DType::kFloat32 ? 3e-5 : (dtype == DType::kFloat16 ? 1.5e-3 : 1.2e-2);
+  for (double& v : mag) v *= ulps;
+  const std::string what = absl::StrCat("cuda ffn m=", c.m, " h=", c.h, " i=", c.i,
+                                        " kind=", KindName(kind), " bias=", with_bias);
+  EXPECT_TRUE(
+      AllClose(got, want, testing::DefaultTolerance(dtype), testing::Ctx(seed, what), &mag));
+
+  FfnArgs host_args{x.view(),     wg.host_view(), wu.host_view(), wd.host_view(),
+                    std::nullopt, std::nullopt,   std::nullopt};
+  if (with_bias) {
+    host_args.b_gate = bg.view();
+    host_args.b_up = bu.view();
+    host_args.b_down = bd.view();
+  }
+  HostTensor cpu(dtype, {c.m, c.h});
+  ASSERT_TRUE(Ffn(ExecContext{}, host_args, cpu.mut()).ok());
+  EXPECT_TRUE(AllClose(got, cpu.values(), testing::DefaultTolerance(dtype),
+                       testing::Ctx(seed, what + " vs cpu"), &mag));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaFfnTest,
+    ::testing::Combine(
+        ::testing::Values(DType::kFloat32, DType::kFloat16, DType::kBFloat16),
+        ::testing::Values(FfnCase{0, 8, 16}, FfnCase{1, 17, 33}, FfnCase{3, 64, 176},
+                          FfnCase{16, 256, 688}, FfnCase{33, 48, 80}, FfnCase{300, 64, 96}),
+        ::testing::Values(WeightKind::kSameFloat, WeightKind::kOtherFloat, WeightKind::kInt8PerRow),
+        ::testing::Bool()));
+
+}  // namespace
+}  // namespace accel::kernels
