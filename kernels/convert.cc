@@ -1,9 +1,11 @@
 #include "accel/kernels/convert.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
+#include "cpu/simd512.h"
 
 namespace accel::kernels {
 namespace {
@@ -40,6 +42,24 @@ void ConvertRange(const cpu::Storage<S>* src, cpu::Storage<D>* dst, int64_t n) {
   }
   for (; i + 8 <= n; i += 8) cpu::Store8<D>(dst + i, cpu::Load8<S>(src + i));
   for (; i < n; ++i) cpu::Store1<D>(dst + i, cpu::Load1<S>(src + i));
+}
+
+// ConvertRange on AVX-512 (same rounding, so the same bits).
+// kStream: non-temporal stores (large outputs, see simd512.h).
+template <DType S, DType D, bool kStream>
+ACCEL_AVX512 void ConvertRange512(const cpu::Storage<S>* src, cpu::Storage<D>* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512 a = cpu::Load16<S>(src + i);
+    const __m512 b = cpu::Load16<S>(src + i + 16);
+    cpu::StoreOut16<D, kStream>(dst + i, a);
+    cpu::StoreOut16<D, kStream>(dst + i + 16, b);
+  }
+  for (; i < n; i += 16) {
+    const int64_t m = std::min<int64_t>(16, n - i);
+    cpu::StorePartial16<D>(dst + i, m, cpu::LoadPartial16<S>(src + i, m));
+  }
+  if constexpr (kStream) _mm_sfence();  // before another thread reads dst
 }
 
 }  // namespace
@@ -93,8 +113,19 @@ void ConvertFloats(DType src_dtype, const void* src, DType dst_dtype, void* dst,
       constexpr DType D = decltype(d)::value;
       const auto* in = static_cast<const cpu::Storage<S>*>(src);
       auto* out = static_cast<cpu::Storage<D>*>(dst);
-      cpu::ParallelFor(n, kConvertGrain,
-                       [&](int64_t b, int64_t e) { ConvertRange<S, D>(in + b, out + b, e - b); });
+      const bool stream = n * static_cast<int64_t>(sizeof(cpu::Storage<D>)) >= cpu::kStreamBytes;
+      if (cpu::HasAvx512() && stream) {
+        cpu::ParallelFor(n, kConvertGrain, [&](int64_t b, int64_t e) {
+          ConvertRange512<S, D, true>(in + b, out + b, e - b);
+        });
+      } else if (cpu::HasAvx512()) {
+        cpu::ParallelFor(n, kConvertGrain, [&](int64_t b, int64_t e) {
+          ConvertRange512<S, D, false>(in + b, out + b, e - b);
+        });
+      } else {
+        cpu::ParallelFor(n, kConvertGrain,
+                         [&](int64_t b, int64_t e) { ConvertRange<S, D>(in + b, out + b, e - b); });
+      }
     });
   });
 }

@@ -23,6 +23,10 @@ absl::Status Quantize(const QuantizeArgs& args, const TensorView& values, const 
 void Dequantize(const DequantizeArgs& args, const TensorView& output);
 QuantizationErrorStats QuantizationError(const QuantizationErrorArgs& args);
 
+// Whether the kernels run their AVX-512 forms on this machine (see
+// cpu/simd512.h; ACCEL_CPU_ISA=avx2 forces the AVX2 ones). Decided once.
+bool UsesAvx512();
+
 // Reads position i of a Rope positions tensor (INT32 or INT64).
 inline int64_t PositionAt(const ConstTensorView& positions, int64_t i) {
   return positions.dtype == DType::kInt32 ? positions.as<int32_t>()[i] : positions.as<int64_t>()[i];

@@ -12,6 +12,9 @@
 #include <thread>
 #include <vector>
 
+#include "cpu/kernels.h"
+#include "cpu/simd512.h"
+
 namespace accel::kernels::cpu {
 namespace {
 
@@ -168,6 +171,9 @@ int NumThreads() {
   }();
   return n;
 }
+
+// Lives here with the other process-wide CPU settings (NumThreads).
+bool UsesAvx512() { return HasAvx512(); }
 
 void ParallelForImpl(int64_t n, int64_t min_grain, RangeFn fn, void* ctx) {
   if (n <= 0) return;

@@ -4,6 +4,10 @@
 // Quantize reads its input twice (absmax, then x / scale): per row the row is
 // still in cache for the second pass; per tensor the whole tensor is streamed
 // twice, which is inherent to a per-tensor scale.
+//
+// Each op has an AVX2 and an AVX-512 form (chosen at run time, HasAvx512())
+// that give the same int8 codes and the same dequantized values; the
+// QuantizationError statistics agree to double rounding.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -14,6 +18,7 @@
 #include "cpu/kernels.h"
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
+#include "cpu/simd512.h"
 
 namespace accel::kernels::cpu {
 namespace {
@@ -142,6 +147,143 @@ void ForEachScaleSegment(int64_t b, int64_t e, int64_t row_len, const float* sca
   }
 }
 
+// ------------------------------------------------------------- AVX-512
+
+// AbsMaxBits on AVX-512. For 16-bit dtypes it takes the max of the 16-bit
+// patterns themselves (|x| orders like its bits in fp16 and bf16 too, inf and
+// NaN last), 32 per instruction with no conversion, and widens the winner.
+template <DType D>
+ACCEL_AVX512 uint32_t AbsMaxBits512(const Storage<D>* x, int64_t n) {
+  if constexpr (D == DType::kFloat32) {
+    const __m512i mask = _mm512_set1_epi32(0x7fffffff);
+    __m512i m0 = _mm512_setzero_si512(), m1 = _mm512_setzero_si512();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+      m0 = _mm512_max_epu32(m0, _mm512_and_si512(_mm512_loadu_si512(x + i), mask));
+      m1 = _mm512_max_epu32(m1, _mm512_and_si512(_mm512_loadu_si512(x + i + 16), mask));
+    }
+    for (; i < n; i += 16) {
+      const __m512i v = _mm512_maskz_loadu_epi32(TailMask16(std::min<int64_t>(16, n - i)), x + i);
+      m0 = _mm512_max_epu32(m0, _mm512_and_si512(v, mask));
+    }
+    return _mm512_reduce_max_epu32(_mm512_max_epu32(m0, m1));
+  } else {
+    const __m512i mask = _mm512_set1_epi16(0x7fff);
+    __m512i m0 = _mm512_setzero_si512(), m1 = _mm512_setzero_si512();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+      m0 = _mm512_max_epu16(m0, _mm512_and_si512(_mm512_loadu_si512(x + i), mask));
+      m1 = _mm512_max_epu16(m1, _mm512_and_si512(_mm512_loadu_si512(x + i + 32), mask));
+    }
+    for (; i < n; i += 32) {
+      const __mmask32 tail =
+          static_cast<__mmask32>((uint64_t{1} << std::min<int64_t>(32, n - i)) - 1);
+      m0 = _mm512_max_epu16(m0, _mm512_and_si512(_mm512_maskz_loadu_epi16(tail, x + i), mask));
+    }
+    m0 = _mm512_max_epu16(m0, m1);
+    // 32 x 16 bits -> 16 x 32 bits (zero-extended), then the dword max.
+    const __m512i wide = _mm512_max_epu32(_mm512_and_si512(m0, _mm512_set1_epi32(0xffff)),
+                                          _mm512_srli_epi32(m0, 16));
+    const uint16_t h = static_cast<uint16_t>(_mm512_reduce_max_epu32(wide));
+    const float f = Load1<D>(&h);
+    uint32_t bits;
+    std::memcpy(&bits, &f, sizeof bits);
+    return bits;
+  }
+}
+
+// q = round_half_even(x / scale) for 16 lanes, as int32, computed as x * r
+// with r = 1 / scale (both correctly rounded fp32). Why that gives the codes
+// of the division: with |x / scale| <= 128 (|x| <= absmax and scale =
+// absmax / 127 rounded), the product t' = x * r differs from the exact
+// quotient by at most 128 * 2^-23 + 2^-149 (r's and the product's roundings),
+// and the division's t = fl(x / scale) by at most 128 * 2^-24 + 2^-150; so
+// |t - t'| < 2^-14. When t' is farther than 2^-14 from every half-integer,
+// t lies strictly in the same interval (k - 1/2, k + 1/2) and both round to
+// k. Lanes closer than that (about 1 in 8000, and every exact tie) make the
+// whole vector take the division. The bound on |x / scale| needs a normal
+// scale (a subnormal one is rounded with a large relative error): below
+// 2^-126 every vector takes the division.
+struct QuantizeConsts {
+  __m512 scale, rcp;
+  bool fast;
+};
+
+ACCEL_AVX512 inline QuantizeConsts MakeQuantizeConsts(float scale) {
+  const bool fast = scale >= 0x1p-126f;
+  return {_mm512_set1_ps(scale), _mm512_set1_ps(fast ? 1.0f / scale : 0.0f), fast};
+}
+
+ACCEL_AVX512 inline __m512i QuantizeLanes16(__m512 x, const QuantizeConsts& c) {
+  const __m512 t = _mm512_mul_ps(x, c.rcp);
+  // t - round_half_even(t), in [-1/2, 1/2].
+  const __m512 frac = _mm512_reduce_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __mmask16 near_half =
+      _mm512_cmp_ps_mask(_mm512_abs_ps(frac), _mm512_set1_ps(0.5f - 0x1p-14f), _CMP_GE_OQ);
+  if (__builtin_expect(near_half != 0 || !c.fast, 0)) {
+    return _mm512_cvtps_epi32(_mm512_div_ps(x, c.scale));
+  }
+  // The conversion rounds half to even (MXCSR's default mode, which nothing
+  // here changes).
+  return _mm512_cvtps_epi32(t);
+}
+
+// kStream: non-temporal stores for the output (large outputs, see
+// simd512.h); the caller fences.
+template <DType D, bool kStream>
+ACCEL_AVX512 void QuantizeRange512(const Storage<D>* x, int8_t* out, int64_t n, float scale,
+                                   const Storage<D>* prefetch = nullptr) {
+  const QuantizeConsts c = MakeQuantizeConsts(scale);
+  // 64 at a time: the saturating packs clamp to [-128, 127] per 128-bit lane
+  // (dwords come out as a0-3 b0-3 c0-3 d0-3 | a4-7 ...); the permute restores
+  // the order and the max clamps -128 to -127.
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    if (prefetch != nullptr) PrefetchLines(prefetch + i, 64 * sizeof(Storage<D>));
+    const __m512i a = QuantizeLanes16(Load16<D>(x + i), c);
+    const __m512i b = QuantizeLanes16(Load16<D>(x + i + 16), c);
+    const __m512i d = QuantizeLanes16(Load16<D>(x + i + 32), c);
+    const __m512i e = QuantizeLanes16(Load16<D>(x + i + 48), c);
+    const __m512i w = _mm512_packs_epi16(_mm512_packs_epi32(a, b), _mm512_packs_epi32(d, e));
+    const __m512i q = _mm512_max_epi8(_mm512_permutexvar_epi32(order, w), _mm512_set1_epi8(-127));
+    if (kStream && (reinterpret_cast<uintptr_t>(out + i) & 63) == 0) {
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(out + i), q);
+    } else {
+      _mm512_storeu_si512(out + i, q);
+    }
+  }
+  for (; i < n; i += 16) {
+    const int64_t m = std::min<int64_t>(16, n - i);
+    const __m128i q = _mm_max_epi8(
+        _mm512_cvtsepi32_epi8(QuantizeLanes16(LoadPartial16<D>(x + i, m), c)), _mm_set1_epi8(-127));
+    _mm_mask_storeu_epi8(out + i, TailMask16(m), q);
+  }
+}
+
+ACCEL_AVX512 inline __m512 LoadInt8x16(const int8_t* p) {
+  return _mm512_cvtepi32_ps(
+      _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+
+ACCEL_AVX512 inline __m512 LoadInt8Partial16(const int8_t* p, int64_t n) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(TailMask16(n), p)));
+}
+
+template <DType D, bool kStream>
+ACCEL_AVX512 void DequantizeRange512(const int8_t* v, Storage<D>* y, int64_t n, float scale) {
+  const __m512 s = _mm512_set1_ps(scale);
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    StoreOut16<D, kStream>(y + i, _mm512_mul_ps(LoadInt8x16(v + i), s));
+    StoreOut16<D, kStream>(y + i + 16, _mm512_mul_ps(LoadInt8x16(v + i + 16), s));
+  }
+  for (; i < n; i += 16) {
+    const int64_t m = std::min<int64_t>(16, n - i);
+    StorePartial16<D>(y + i, m, _mm512_mul_ps(LoadInt8Partial16(v + i, m), s));
+  }
+}
+
 }  // namespace
 
 absl::Status Quantize(const QuantizeArgs& args, const TensorView& values,
@@ -153,10 +295,26 @@ absl::Status Quantize(const QuantizeArgs& args, const TensorView& values,
     constexpr DType D = decltype(tag)::value;
     using T = Storage<D>;
     const T* x = args.input.as<T>();
+    const bool avx512 = HasAvx512();
+    auto absmax_bits = [avx512](const T* p, int64_t len) {
+      return avx512 ? AbsMaxBits512<D>(p, len) : AbsMaxBits<D>(p, len);
+    };
+    const bool stream = n >= kStreamBytes;  // int8 output
+    // next: the next row, prefetched meanwhile (per row), or null.
+    auto quantize = [avx512, stream](const T* p, int8_t* out, int64_t len, float scale,
+                                     const T* next) {
+      if (avx512 && stream) {
+        QuantizeRange512<D, true>(p, out, len, scale, next);
+      } else if (avx512) {
+        QuantizeRange512<D, false>(p, out, len, scale, next);
+      } else {
+        QuantizeRange<D>(p, out, len, scale);
+      }
+    };
     if (args.granularity == Granularity::kPerTensor) {
       std::atomic<uint32_t> absmax{0};
       ParallelFor(n, kGrainElements, [&](int64_t b, int64_t e) {
-        const uint32_t m = AbsMaxBits<D>(x + b, e - b);
+        const uint32_t m = absmax_bits(x + b, e - b);
         uint32_t cur = absmax.load(std::memory_order_relaxed);
         while (m > cur && !absmax.compare_exchange_weak(cur, m, std::memory_order_relaxed)) {
         }
@@ -164,8 +322,10 @@ absl::Status Quantize(const QuantizeArgs& args, const TensorView& values,
       if (absmax.load() >= kInfBits) return NonFiniteError<D>(x, FirstNonFinite<D>(x, n));
       const float scale = ScaleFromAbsMax(absmax.load());
       *scale_out = scale;
-      ParallelFor(n, kGrainElements,
-                  [&](int64_t b, int64_t e) { QuantizeRange<D>(x + b, q + b, e - b, scale); });
+      ParallelFor(n, kGrainElements, [&](int64_t b, int64_t e) {
+        quantize(x + b, q + b, e - b, scale, nullptr);
+        if (stream) _mm_sfence();  // before another thread reads q
+      });
       return absl::OkStatus();
     }
     // Per row.
@@ -176,7 +336,7 @@ absl::Status Quantize(const QuantizeArgs& args, const TensorView& values,
                 [&](int64_t r0, int64_t r1) {
                   for (int64_t r = r0; r < r1; ++r) {
                     const T* row = x + r * len;
-                    const uint32_t m = AbsMaxBits<D>(row, len);
+                    const uint32_t m = absmax_bits(row, len);
                     if (m >= kInfBits) {
                       const int64_t bad = r * len + FirstNonFinite<D>(row, len);
                       int64_t cur = first_bad.load();
@@ -186,8 +346,10 @@ absl::Status Quantize(const QuantizeArgs& args, const TensorView& values,
                     }
                     const float scale = ScaleFromAbsMax(m);
                     scale_out[r] = scale;
-                    QuantizeRange<D>(row, q + r * len, len, scale);
+                    quantize(row, q + r * len, len, scale,
+                             stream && r + 1 < rows ? row + len : nullptr);
                   }
+                  if (stream) _mm_sfence();
                 });
     if (first_bad.load() != std::numeric_limits<int64_t>::max()) {
       return NonFiniteError<D>(x, first_bad.load());
@@ -207,8 +369,18 @@ void Dequantize(const DequantizeArgs& args, const TensorView& output) {
     constexpr DType D = decltype(tag)::value;
     using T = Storage<D>;
     T* y = output.as<T>();
+    const bool avx512 = HasAvx512();
+    const bool stream = n * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
     ParallelFor(n, kGrainElements, [&](int64_t b, int64_t e) {
       ForEachScaleSegment(b, e, len, scales, per_row, [&](int64_t sb, int64_t se, float scale) {
+        if (avx512 && stream) {
+          DequantizeRange512<D, true>(v + sb, y + sb, se - sb, scale);
+          return;
+        }
+        if (avx512) {
+          DequantizeRange512<D, false>(v + sb, y + sb, se - sb, scale);
+          return;
+        }
         const __m256 s = _mm256_set1_ps(scale);
         int64_t i = sb;
         for (; i + 16 <= se; i += 16) {
@@ -221,6 +393,7 @@ void Dequantize(const DequantizeArgs& args, const TensorView& output) {
           StorePartial<D>(y + i, m, _mm256_mul_ps(LoadInt8Partial(v + i, m), s));
         }
       });
+      if (stream) _mm_sfence();  // before another thread reads y
     });
   });
 }
@@ -272,6 +445,114 @@ struct RelMax {
   }
 };
 
+// QuantizationError's per-lane accumulators on AVX-512, 16 lanes. The sums
+// are in double (products of fp32 values are exact there), as in the AVX2
+// code. The relative error keeps, per lane, the best ratio as an exact
+// fraction num / den (double) and a fp32 lower bound of it: an element can
+// only beat the lane's best when its approximate ratio |d| * rcp14(|o|)
+// (relative error < 2^-13) exceeds the bound (best * (1 - 2^-12)), so the
+// exact comparison runs only for those lanes, which after the first few
+// elements of a block is rare.
+struct ErrorAcc512 {
+  __m512 max_diff, bound;
+  __m512d abs_diff, sq_diff, sq_orig;
+  __m512d num_lo, num_hi, den_lo, den_hi;
+
+  ACCEL_AVX512 ErrorAcc512()
+      : max_diff(_mm512_setzero_ps()),
+        bound(_mm512_setzero_ps()),
+        abs_diff(_mm512_setzero_pd()),
+        sq_diff(_mm512_setzero_pd()),
+        sq_orig(_mm512_setzero_pd()),
+        num_lo(_mm512_setzero_pd()),
+        num_hi(_mm512_setzero_pd()),
+        den_lo(_mm512_set1_pd(1.0)),
+        den_hi(_mm512_set1_pd(1.0)) {}
+
+  ACCEL_AVX512 static __m512d Lo(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
+  ACCEL_AVX512 static __m512d Hi(__m512 v) { return _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)); }
+
+  // o: original, d: o - dequantized; threshold: lanes count for the relative
+  // error where |o| > threshold.
+  ACCEL_AVX512 void Add(__m512 o, __m512 d, __m512 threshold) {
+    const __m512 ad = _mm512_abs_ps(d);
+    max_diff = _mm512_max_ps(max_diff, ad);
+    const __m512d ad_lo = Lo(ad), ad_hi = Hi(ad);
+    abs_diff = _mm512_add_pd(abs_diff, _mm512_add_pd(ad_lo, ad_hi));
+    sq_diff = _mm512_fmadd_pd(ad_lo, ad_lo, _mm512_fmadd_pd(ad_hi, ad_hi, sq_diff));
+    const __m512d o_lo = Lo(o), o_hi = Hi(o);
+    sq_orig = _mm512_fmadd_pd(o_lo, o_lo, _mm512_fmadd_pd(o_hi, o_hi, sq_orig));
+    const __m512 ao = _mm512_abs_ps(o);
+    const __mmask16 counted = _mm512_cmp_ps_mask(ao, threshold, _CMP_GT_OQ);
+    const __m512 approx = _mm512_mul_ps(ad, _mm512_rcp14_ps(ao));
+    const __mmask16 maybe = _mm512_mask_cmp_ps_mask(counted, approx, bound, _CMP_GT_OQ);
+    if (__builtin_expect(maybe != 0, 0)) Update(maybe, ad_lo, ad_hi, ao);
+  }
+
+  // Exact: a / b > c / d as a * d > c * b (48-bit products, exact in double).
+  ACCEL_AVX512 void Update(__mmask16 maybe, __m512d ad_lo, __m512d ad_hi, __m512 ao) {
+    const __m512d ao_lo = Lo(ao), ao_hi = Hi(ao);
+    const __mmask8 lo =
+        _mm512_mask_cmp_pd_mask(static_cast<__mmask8>(maybe), _mm512_mul_pd(ad_lo, den_lo),
+                                _mm512_mul_pd(num_lo, ao_lo), _CMP_GT_OQ);
+    const __mmask8 hi =
+        _mm512_mask_cmp_pd_mask(static_cast<__mmask8>(maybe >> 8), _mm512_mul_pd(ad_hi, den_hi),
+                                _mm512_mul_pd(num_hi, ao_hi), _CMP_GT_OQ);
+    num_lo = _mm512_mask_mov_pd(num_lo, lo, ad_lo);
+    den_lo = _mm512_mask_mov_pd(den_lo, lo, ao_lo);
+    num_hi = _mm512_mask_mov_pd(num_hi, hi, ad_hi);
+    den_hi = _mm512_mask_mov_pd(den_hi, hi, ao_hi);
+    // fl(best) * (1 - 2^-12), rounded, is below best * (1 - 2^-13).
+    const __m512 best =
+        _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_div_pd(num_lo, den_lo))),
+                           _mm512_cvtpd_ps(_mm512_div_pd(num_hi, den_hi)), 1);
+    bound = _mm512_mul_ps(best, _mm512_set1_ps(1.0f - 0x1p-12f));
+  }
+
+  ACCEL_AVX512 void Finish(ErrorPartial* p) const {
+    p->max_abs_diff = _mm512_reduce_max_ps(max_diff);
+    p->sum_abs_diff = _mm512_reduce_add_pd(abs_diff);
+    p->sum_sq_diff = _mm512_reduce_add_pd(sq_diff);
+    p->sum_sq_orig = _mm512_reduce_add_pd(sq_orig);
+    alignas(64) double n[16], d[16];
+    _mm512_store_pd(n, num_lo);
+    _mm512_store_pd(n + 8, num_hi);
+    _mm512_store_pd(d, den_lo);
+    _mm512_store_pd(d + 8, den_hi);
+    double best = 0;
+    for (int i = 0; i < 16; ++i) best = std::max(best, n[i] / d[i]);
+    p->max_rel = best;
+  }
+};
+
+// One block [b, e) of QuantizationError on AVX-512.
+template <DType D>
+ACCEL_AVX512 void ErrorBlock512(const Storage<D>* x, const int8_t* v, int64_t b, int64_t e,
+                                int64_t len, const float* scales, bool per_row, float threshold,
+                                ErrorPartial* out) {
+  ErrorAcc512 acc;
+  const __m512 thr = _mm512_set1_ps(threshold);
+  // The segments of ForEachScaleSegment, written out (a lambda would not
+  // carry the target attribute).
+  for (int64_t sb = b; sb < e;) {
+    const int64_t se = per_row ? std::min(e, (sb / len + 1) * len) : e;
+    const __m512 s = _mm512_set1_ps(per_row ? scales[sb / len] : scales[0]);
+    int64_t i = sb;
+    for (; i + 16 <= se; i += 16) {
+      const __m512 o = Load16<D>(x + i);
+      acc.Add(o, _mm512_sub_ps(o, _mm512_mul_ps(LoadInt8x16(v + i), s)), thr);
+    }
+    if (i < se) {
+      // Missing lanes are 0 - 0 * s = 0: they add nothing.
+      const int64_t m = se - i;
+      const __m512 o = LoadPartial16<D>(x + i, m);
+      acc.Add(o, _mm512_sub_ps(o, _mm512_mul_ps(LoadInt8Partial16(v + i, m), s)), thr);
+    }
+    sb = se;
+  }
+  acc.Finish(out);
+}
+
 }  // namespace
 
 QuantizationErrorStats QuantizationError(const QuantizationErrorArgs& args) {
@@ -291,9 +572,10 @@ QuantizationErrorStats QuantizationError(const QuantizationErrorArgs& args) {
     using T = Storage<D>;
     const T* x = args.original.as<T>();
     // Pass 1: max |orig|, which decides the elements of the relative error.
+    const bool avx512 = HasAvx512();
     std::atomic<uint32_t> absmax_bits{0};
     ParallelFor(n, kGrainElements, [&](int64_t b, int64_t e) {
-      const uint32_t m = AbsMaxBits<D>(x + b, e - b);
+      const uint32_t m = avx512 ? AbsMaxBits512<D>(x + b, e - b) : AbsMaxBits<D>(x + b, e - b);
       uint32_t cur = absmax_bits.load(std::memory_order_relaxed);
       while (m > cur && !absmax_bits.compare_exchange_weak(cur, m, std::memory_order_relaxed)) {
       }
@@ -304,6 +586,19 @@ QuantizationErrorStats QuantizationError(const QuantizationErrorArgs& args) {
     const __m256d threshold = _mm256_set1_pd(0.1 * static_cast<double>(max_orig));
 
     // Pass 2: everything else, fused.
+    if (avx512) {
+      // |o| > threshold (a double) <=> |o| > the largest float <= threshold.
+      const double thr_d = 0.1 * static_cast<double>(max_orig);
+      float thr_f = static_cast<float>(thr_d);
+      if (static_cast<double>(thr_f) > thr_d) thr_f = std::nextafter(thr_f, 0.0f);
+      ParallelFor(num_blocks, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t blk = b0; blk < b1; ++blk) {
+          ErrorBlock512<D>(x, v, blk * kErrorBlock, std::min(n, (blk + 1) * kErrorBlock), len,
+                           scales, per_row, thr_f, &partials[blk]);
+        }
+      });
+      return;
+    }
     ParallelFor(num_blocks, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t blk = b0; blk < b1; ++blk) {
         __m256 max_diff = _mm256_setzero_ps();

@@ -4,6 +4,10 @@
 // the input dtype when a residual is added), writes the residual output and
 // sums s^2; the second scales. A row of bf16 [4096] is 8 KiB, so the second
 // pass reads from L1/L2 and the op streams each tensor through memory once.
+//
+// Two implementations of a row, AVX2 (Row) and AVX-512 (Row512, chosen at run
+// time), with bit-identical results: Row512 accumulates s^2 in the same lanes
+// and order as Row (a zmm accumulator is two of Row's ymm ones side by side).
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -11,6 +15,7 @@
 #include "cpu/kernels.h"
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
+#include "cpu/simd512.h"
 
 namespace accel::kernels::cpu {
 namespace {
@@ -66,6 +71,7 @@ struct RowKernel {
   T* output;
   T* residual_out;      // null when not wanted
   const float* weight;  // fp32 [n]
+  int64_t rows;
   int64_t n;
   float eps;
 
@@ -164,6 +170,107 @@ struct RowKernel {
       }
     }
   }
+
+  // s rounded to dtype D, and its dtype-D bits stored at dst when non-null.
+  ACCEL_AVX512 static __m512 RoundAndStore16(__m512 v, T* dst) {
+    if constexpr (D == DType::kFloat32) {
+      if (dst != nullptr) _mm512_storeu_ps(dst, v);
+      return v;
+    } else {
+      const __m256i bits = Narrow16<D>(v);
+      if (dst != nullptr) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), bits);
+      return Widen16<D>(bits);
+    }
+  }
+
+  // Row on AVX-512, bit-identical to it. buf holds n + 16 floats. Without a
+  // residual, s is also kept in buf in fp32 (pass 2 then reads it from L1
+  // rather than converting the input again). kStream: non-temporal stores
+  // for the output and prefetching of the next row (large tensors, see
+  // simd512.h); the caller fences.
+  template <bool kStream>
+  ACCEL_AVX512 void Row512(int64_t r, float* buf) const {
+    const int64_t off = r * n;
+    const T* x = input + off;
+    __m256 total = _mm256_setzero_ps();
+    if (residual != nullptr) {
+      const T* res = residual + off;
+      T* res_out = residual_out != nullptr ? residual_out + off : nullptr;
+      for (int64_t b = 0; b < n; b += kBlock) {
+        const int64_t e = std::min(n, b + kBlock);
+        __m512 acc = _mm512_setzero_ps();  // Row's [acc0 | acc1]
+        int64_t j = b;
+        for (; j + 16 <= e; j += 16) {
+          const __m512 s = RoundAndStore16(_mm512_add_ps(Load16<D>(x + j), Load16<D>(res + j)),
+                                           res_out != nullptr ? res_out + j : nullptr);
+          _mm512_storeu_ps(buf + j, s);
+          acc = _mm512_fmadd_ps(s, s, acc);
+        }
+        __m256 acc0 = _mm512_castps512_ps256(acc);
+        const __m256 acc1 = _mm512_extractf32x8_ps(acc, 1);
+        for (; j < e; j += 8) {  // as Row: 8 at a time into acc0
+          const int64_t m = std::min<int64_t>(8, e - j);
+          const __m256 s =
+              RoundTo<D>(_mm256_add_ps(LoadPartial<D>(x + j, m), LoadPartial<D>(res + j, m)));
+          _mm256_storeu_ps(buf + j, s);
+          if (res_out != nullptr) StorePartial<D>(res_out + j, m, s);
+          acc0 = _mm256_fmadd_ps(s, s, acc0);
+        }
+        total = _mm256_add_ps(total, _mm256_add_ps(acc0, acc1));
+      }
+    } else {
+      for (int64_t b = 0; b < n; b += kBlock) {
+        const int64_t e = std::min(n, b + kBlock);
+        __m512 acc01 = _mm512_setzero_ps(), acc23 = _mm512_setzero_ps();
+        int64_t j = b;
+        for (; j + 32 <= e; j += 32) {
+          const __m512 a = Load16<D>(x + j), c = Load16<D>(x + j + 16);
+          _mm512_storeu_ps(buf + j, a);
+          _mm512_storeu_ps(buf + j + 16, c);
+          acc01 = _mm512_fmadd_ps(a, a, acc01);
+          acc23 = _mm512_fmadd_ps(c, c, acc23);
+        }
+        __m256 acc0 = _mm512_castps512_ps256(acc01);
+        const __m256 acc1 = _mm512_extractf32x8_ps(acc01, 1);
+        const __m256 acc2 = _mm512_castps512_ps256(acc23);
+        const __m256 acc3 = _mm512_extractf32x8_ps(acc23, 1);
+        for (; j < e; j += 8) {
+          const __m256 a = LoadPartial<D>(x + j, std::min<int64_t>(8, e - j));
+          _mm256_storeu_ps(buf + j, a);
+          acc0 = _mm256_fmadd_ps(a, a, acc0);
+        }
+        total = _mm256_add_ps(total,
+                              _mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+      }
+    }
+    const float mean = HorizontalSum(total) / static_cast<float>(n);
+    const __m512 inv = _mm512_set1_ps(1.0f / std::sqrt(mean + eps));
+
+    T* y = output + off;
+    int64_t j = 0;
+    // The next row's input (and residual) is fetched during this pass.
+    const bool prefetch = kStream && r + 1 < rows;
+    const T* next_x = x + n;
+    const T* next_res = residual != nullptr ? residual + off + n : nullptr;
+    for (; j + 32 <= n; j += 32) {
+      if (prefetch) {
+        PrefetchLines(next_x + j, 32 * sizeof(T));
+        if (next_res != nullptr) PrefetchLines(next_res + j, 32 * sizeof(T));
+      }
+      const __m512 s0 = _mm512_loadu_ps(buf + j), s1 = _mm512_loadu_ps(buf + j + 16);
+      StoreOut16<D, kStream>(y + j,
+                             _mm512_mul_ps(_mm512_mul_ps(s0, inv), _mm512_loadu_ps(weight + j)));
+      StoreOut16<D, kStream>(
+          y + j + 16, _mm512_mul_ps(_mm512_mul_ps(s1, inv), _mm512_loadu_ps(weight + j + 16)));
+    }
+    for (; j < n; j += 16) {
+      const int64_t m = std::min<int64_t>(16, n - j);
+      const __m512 s = _mm512_loadu_ps(buf + j);  // buf has room for a full vector
+      StorePartial16<D>(
+          y + j, m,
+          _mm512_mul_ps(_mm512_mul_ps(s, inv), LoadPartial16<DType::kFloat32>(weight + j, m)));
+    }
+  }
 };
 
 }  // namespace
@@ -195,14 +302,26 @@ void RmsNorm(const RmsNormArgs& args, const TensorView& output, const TensorView
                    output.as<T>(),
                    args.residual && residual_out != nullptr ? residual_out->as<T>() : nullptr,
                    weight,
+                   rows,
                    n,
                    args.eps};
     const int64_t grain = std::max<int64_t>(1, kGrainElements / n);
+    const bool avx512 = HasAvx512();
+    const bool stream = rows * n * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
     ParallelFor(rows, grain, [&](int64_t r0, int64_t r1) {
       // Per-thread row buffer for s, padded to whole vectors; grows only.
       thread_local std::vector<float> buf;
-      if (args.residual && static_cast<int64_t>(buf.size()) < n + 8) buf.resize(n + 8);
-      for (int64_t r = r0; r < r1; ++r) k.Row(r, buf.data());
+      if ((avx512 || args.residual) && static_cast<int64_t>(buf.size()) < n + 16) {
+        buf.resize(n + 16);
+      }
+      if (avx512 && stream) {
+        for (int64_t r = r0; r < r1; ++r) k.template Row512<true>(r, buf.data());
+        _mm_sfence();  // the non-temporal stores, before another thread reads them
+      } else if (avx512) {
+        for (int64_t r = r0; r < r1; ++r) k.template Row512<false>(r, buf.data());
+      } else {
+        for (int64_t r = r0; r < r1; ++r) k.Row(r, buf.data());
+      }
     });
   });
 }

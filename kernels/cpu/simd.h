@@ -12,6 +12,14 @@
 // this keeps batched and unbatched execution bit-identical.
 #pragma once
 
+// GCC 12 reports -W(maybe-)uninitialized inside its own AVX-512 intrinsics
+// (their _mm512_undefined_*() self-initialisation, GCC bug 105593, fixed in
+// 13). The warning is attributed to the intrinsic headers, so the pragma must
+// come before their first inclusion.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 #include <immintrin.h>
 
 #include <cstdint>
@@ -152,10 +160,15 @@ inline float HorizontalMax(__m256 v) {
 // reduction by ln 2 in two parts, degree-6 polynomial). Inputs are clamped to
 // [-87.3, 88.376], so the result never is inf or a subnormal; callers that need
 // exp(-large) == 0 exactly do not exist here (silu saturates either way).
+// k = round_half_even(x / ln 2) comes from adding 1.5 * 2^23 (whose ulp is 1,
+// so the addition rounds; |k| < 2^22): fx = t - 1.5 * 2^23 is that integer in
+// fp32, and t's low mantissa bits are k in two's complement, so t << 23 is
+// k << 23. Fewer uops than round + convert, and the same values.
 inline __m256 Exp8(__m256 x) {
   x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3762626647949f));
-  const __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 magic = _mm256_set1_ps(0x1.8p23f);
+  const __m256 t = _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), magic);
+  const __m256 fx = _mm256_sub_ps(t, magic);
   x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
   x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
   __m256 y = _mm256_set1_ps(1.9875691500e-4f);
@@ -167,7 +180,7 @@ inline __m256 Exp8(__m256 x) {
   const __m256 x2 = _mm256_mul_ps(x, x);
   y = _mm256_fmadd_ps(y, x2, _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
   const __m256i e =
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+      _mm256_add_epi32(_mm256_slli_epi32(_mm256_castps_si256(t), 23), _mm256_set1_epi32(127 << 23));
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
