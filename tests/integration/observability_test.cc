@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -27,6 +28,13 @@
 
 namespace accel::testing {
 namespace {
+
+// The accel-server binary: $ACCEL_SERVER_BINARY when set (the GPU machine
+// runs a bundled copy), else the one this build made.
+std::string ServerBinary() {
+  const char* env = std::getenv("ACCEL_SERVER_BINARY");
+  return env != nullptr && *env != '\0' ? env : ACCEL_SERVER_BINARY;
+}
 
 using kernels::DType;
 using server::testing::BuildSafetensors;
@@ -196,13 +204,13 @@ TEST(AccessLog, WritesOneLinePerFinishedCall) {
       << log;
   EXPECT_THAT(log, HasSubstr("access method=ListTensors code=OK"));
   // And the start-up summary.
-  EXPECT_THAT(log, HasSubstr("ready: backend=cpu"));
+  EXPECT_THAT(log, HasSubstr("ready: backend="));
   EXPECT_THAT(log, HasSubstr("access_log=on"));
 }
 
 TEST(AccessLog, IsSilentWhenOff) {
   const std::string log = CaptureServerLog(/*access_log=*/false);
-  EXPECT_THAT(log, HasSubstr("ready: backend=cpu"));  // the capture works
+  EXPECT_THAT(log, HasSubstr("ready: backend="));  // the capture works
   EXPECT_THAT(log, Not(HasSubstr("access method=")));
 }
 
@@ -221,7 +229,7 @@ TEST(PreloadFlag, IsRepeatableAndCommaSeparated) {
     const int fd = open(err.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0600);
     dup2(fd, STDERR_FILENO);
     close(out[0]);
-    std::vector<std::string> args = {ACCEL_SERVER_BINARY,
+    std::vector<std::string> args = {ServerBinary(),
                                      "--grpc_address=127.0.0.1:0",
                                      "--metrics_address=127.0.0.1:0",
                                      "--max_resident_bytes=1048576",
@@ -268,7 +276,7 @@ TEST(PreloadFlag, ABadFileExitsWithAClearError) {
     dup2(fd, STDERR_FILENO);
     dup2(fd, STDOUT_FILENO);
     std::vector<std::string> args = {
-        ACCEL_SERVER_BINARY, "--grpc_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0",
+        ServerBinary(), "--grpc_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0",
         "--model_dir=" + model.path().string(), "--preload=nope.safetensors"};
     std::vector<char*> argv;
     for (auto& arg : args) argv.push_back(arg.data());

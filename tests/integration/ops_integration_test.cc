@@ -267,16 +267,28 @@ INSTANTIATE_TEST_SUITE_P(AllFloatDTypes, OpsTest,
                            return std::string(kernels::DTypeName(info.param));
                          });
 
-TEST_F(ServerTest, ServerInfoDescribesTheCpuBackend) {
+TEST_F(ServerTest, ServerInfoDescribesTheServingDevice) {
   auto info = client().ServerInfo();
   ASSERT_TRUE(info.ok()) << info.status();
-  EXPECT_EQ(info->backend(), "cpu");
+  // --device=auto: the GPU where there is one (the GPU machine), else the CPU.
+  ASSERT_TRUE(info->backend() == "cpu" || info->backend() == "cuda") << info->backend();
   EXPECT_FALSE(info->version().empty());
   EXPECT_FALSE(info->device().name().empty());
   EXPECT_GT(info->device().total_memory(), 0);
+  EXPECT_GT(info->device().free_memory(), 0);
+  EXPECT_LE(info->device().free_memory(), info->device().total_memory());
   EXPECT_GT(info->device().multi_processor_count(), 0);
   EXPECT_TRUE(info->device().supports_bf16());
-  EXPECT_FALSE(info->device().supports_fp8());
+  if (info->backend() == "cpu") {
+    EXPECT_TRUE(info->device().compute_capability().empty());
+    EXPECT_FALSE(info->device().supports_fp8());
+  } else {
+    // "9.0" on an H100/H200: fp8 (>= 8.9) and int8 tensor cores.
+    const std::string& cc = info->device().compute_capability();
+    ASSERT_FALSE(cc.empty());
+    EXPECT_EQ(info->device().supports_fp8(), std::stod(cc) >= 8.9);
+    EXPECT_TRUE(info->device().supports_int8_tensor_cores());
+  }
   EXPECT_EQ(info->resident_limit_bytes(), int64_t{1} << 30);
   EXPECT_EQ(info->resident_bytes(), 0);
 }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <future>
 #include <regex>
 #include <string>
@@ -23,6 +24,13 @@
 namespace accel::testing {
 namespace {
 
+// The accel-server binary: $ACCEL_SERVER_BINARY when set (the GPU machine
+// runs a bundled copy), else the one this build made.
+std::string ServerBinary() {
+  const char* env = std::getenv("ACCEL_SERVER_BINARY");
+  return env != nullptr && *env != '\0' ? env : ACCEL_SERVER_BINARY;
+}
+
 using kernels::DType;
 
 // A child accel-server whose stdout we read for the start-up line.
@@ -35,7 +43,7 @@ class ServerProcess {
     if (pid_ == 0) {
       dup2(out[1], STDOUT_FILENO);
       close(out[0]);
-      std::vector<std::string> args = {ACCEL_SERVER_BINARY, "--grpc_address=127.0.0.1:0",
+      std::vector<std::string> args = {ServerBinary(), "--grpc_address=127.0.0.1:0",
                                        "--metrics_address=127.0.0.1:0"};
       args.insert(args.end(), extra_args.begin(), extra_args.end());
       std::vector<char*> argv;
