@@ -15,7 +15,7 @@ build_pkgs=(
   prometheus-cpp-dev nlohmann-json3-dev libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-grpcio python3-protobuf python3-numpy python3-pytest
-  prometheus clang-format
+  prometheus clang-format python3-matplotlib
 )
 
 pkgs=("${build_pkgs[@]}")

@@ -1,7 +1,9 @@
 // What the unary handlers and the Stream reactor record around one op, so
 // both paths measure the same things: the op runner's time as the kernel
-// phase, and the launch it made (1 request of N rows until the batcher
-// groups requests and records whole batches); plus the optional access log.
+// phase, and the launch it made (1 request of N rows: this is the path of
+// ops that are never batched, and of every op with --batching=false; the
+// batcher records its launches itself, in RunBatch); plus the optional
+// access log.
 //
 // Stateless and thread-safe.
 #pragma once

@@ -9,7 +9,8 @@
 // Names (histograms in seconds, buckets from 10 us to 10 s):
 //   accel_requests_total{method, code}               counter
 //   accel_request_duration_seconds{method}           histogram, receipt to reply
-//   accel_queue_duration_seconds{op}                 histogram, wait for a worker
+//   accel_queue_duration_seconds{op}                 histogram, wait for a worker or
+//                                                    for the launch of its batch
 //   accel_compute_duration_seconds{op, phase}        histogram; phase kernel (h2d and
 //                                                    d2h too on the cuda backend)
 //   accel_batch_requests{op}, accel_batch_rows{op}   histograms, one sample per launch
@@ -107,11 +108,13 @@ class ServerMetrics {
   // accel_pending_requests{op} += delta: +1 when a request is queued, -1 when
   // it finished (or was refused by the queue).
   void AddPending(Op op, int delta) { pending_[Index(op)]->Increment(delta); }
-  // Time a request waited in the executor queue before a worker took it.
+  // Time a request waited before its launch (in the batcher's queue, or the
+  // executor's for requests that run alone).
   void ObserveQueue(Op op, double seconds) { queue_[Index(op)]->Observe(seconds); }
   // Time of one phase of one launch; a phase the backend lacks is ignored.
   void ObserveCompute(Op op, Phase phase, double seconds);
-  // One launch of `requests` requests holding `rows` rows in all; ignored
+  // One launch of `requests` requests holding `rows` rows in all (the
+  // batcher records each batch, RunOpAndRecord each unbatched call); ignored
   // for ops that are not batchable.
   void ObserveLaunch(Op op, int64_t requests, int64_t rows);
 

@@ -1,7 +1,9 @@
 // One function per op RPC: decode the request, validate it, run the kernel
 // and fill the response (or keep the result resident). The unary handlers
 // and the Stream RPC both call these, on an executor thread, so an op has
-// exactly one implementation on the server side.
+// exactly one implementation on the server side. The batchable ones
+// (RmsNorm, SwiGlu, Rope, Quantize, Dequantize) are implemented in
+// batch_ops.cc as a launch of one request, the same code a batch runs.
 //
 // Each function is synchronous and thread-safe; concurrent calls share only
 // the store, which is thread-safe.

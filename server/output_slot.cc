@@ -16,6 +16,32 @@ absl::Status CheckFitsInMessage(const OpEnv& env, int64_t nbytes, absl::string_v
       "in chunks"));
 }
 
+absl::StatusOr<kernels::ConstTensorView> StageInput(CallScope& scope, const ResolvedInput& input) {
+  if (input.resident != nullptr) return input.view;
+  return scope.Stage(input.view);
+}
+
+absl::StatusOr<QuantizedOutput> MakeQuantizedOutput(const OpEnv& env, const std::string& name,
+                                                    const kernels::QuantizeSpec& spec) {
+  QuantizedOutput out;
+  out.tensor = std::make_shared<ResidentTensor>();
+  out.tensor->name = name;
+  out.tensor->dtype = spec.values.dtype;
+  out.tensor->shape = spec.values.shape;
+  out.tensor->scales_shape = spec.scales.shape;
+  const int64_t values_bytes = kernels::NumElements(spec.values.shape);
+  const int64_t scales_bytes = kernels::NumElements(spec.scales.shape) * int64_t{4};
+  ASSIGN_OR_RETURN(out.reservation, env.store->Reserve(values_bytes + scales_bytes));
+  ASSIGN_OR_RETURN(out.tensor->values,
+                   kernels::Buffer::Allocate(env.device->backend(), values_bytes));
+  ASSIGN_OR_RETURN(kernels::Buffer scales,
+                   kernels::Buffer::Allocate(env.device->backend(), scales_bytes));
+  out.tensor->scales = std::move(scales);
+  out.values = {spec.values.dtype, spec.values.shape, out.tensor->values.data()};
+  out.scales = {spec.scales.dtype, spec.scales.shape, out.tensor->scales->data()};
+  return out;
+}
+
 absl::StatusOr<OutputSlot> OutputSlot::Make(const OpEnv& env, CallScope& scope,
                                             const std::string& name, absl::string_view name_field,
                                             const kernels::OutputSpec& spec, v1::Tensor* proto) {

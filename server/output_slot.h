@@ -16,6 +16,7 @@
 #include "accel/kernels/ops.h"
 #include "accel/v1/tensor_ops.pb.h"
 #include "server/serving_device.h"
+#include "server/tensor_codec.h"
 #include "server/tensor_store.h"
 
 namespace accel::server {
@@ -53,6 +54,21 @@ class OutputSlot {
   Reservation reservation_;
   kernels::TensorView view_;
 };
+
+// The input's view where the kernels run: resident tensors already live on
+// the device; inline ones are staged there (a no-op on the CPU).
+absl::StatusOr<kernels::ConstTensorView> StageInput(CallScope& scope, const ResolvedInput& input);
+
+// A resident quantized result (values + scales), reserved before the kernel
+// runs and inserted after it succeeded.
+struct QuantizedOutput {
+  std::shared_ptr<ResidentTensor> tensor;
+  Reservation reservation;
+  kernels::TensorView values;
+  kernels::TensorView scales;
+};
+absl::StatusOr<QuantizedOutput> MakeQuantizedOutput(const OpEnv& env, const std::string& name,
+                                                    const kernels::QuantizeSpec& spec);
 
 // RESOURCE_EXHAUSTED unless `nbytes` fits in a response message.
 absl::Status CheckFitsInMessage(const OpEnv& env, int64_t nbytes, absl::string_view field);

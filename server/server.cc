@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "accel/util/logging.h"
 #include "prometheus/registry.h"
+#include "server/batcher.h"
 #include "server/device_info.h"
 #include "server/executor.h"
 #include "server/metrics.h"
@@ -82,6 +83,7 @@ struct Server::State {
   std::unique_ptr<ServingDevice> device;
   std::unique_ptr<TensorStore> store;
   std::unique_ptr<Executor> executor;
+  std::unique_ptr<Batcher> batcher;  // null with --batching=false
   std::shared_ptr<prometheus::Registry> registry;
   std::unique_ptr<ServerMetrics> metrics;
   std::shared_ptr<ResidentCollector> resident_collector;  // the endpoint holds a weak_ptr
@@ -116,6 +118,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     return absl::InvalidArgumentError(
         absl::StrCat("--max_resident_bytes: expected >= 0 (0 = 90% of free memory), found ",
                      options.max_resident_bytes));
+  }
+  if (options.max_batch_rows < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_batch_rows: expected >= 1, found ", options.max_batch_rows));
+  }
+  if (options.max_queue_delay_us < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_queue_delay_us: expected >= 0 (0 = no wait), found ", options.max_queue_delay_us));
   }
   auto opened = ServingDevice::Open(options.device);
   if (!opened.ok()) return opened.status();
@@ -152,9 +162,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   state->metrics_endpoint = std::move(*endpoint);
   state->metrics_port = state->metrics_endpoint->port();
 
+  if (options.batching) {
+    Batcher::Options batcher_options;
+    batcher_options.max_batch_rows = options.max_batch_rows;
+    batcher_options.max_queue_delay = std::chrono::microseconds(options.max_queue_delay_us);
+    batcher_options.max_queue_size = options.max_queue_size;
+    // One worker runs one key at a time: as many as the executor lets
+    // different ops (or shapes) proceed side by side.
+    batcher_options.threads = threads;
+    batcher_options.thread_init = [&serving] { serving.InitThread(); };
+    batcher_options.metrics = state->metrics.get();
+    state->batcher = std::make_unique<Batcher>(std::move(batcher_options));
+  }
+
   ServiceContext& context = state->context;
   context.store = state->store.get();
   context.executor = state->executor.get();
+  context.batcher = state->batcher.get();
   context.metrics = state->metrics.get();
   context.env.store = state->store.get();
   context.env.device = state->device.get();
@@ -242,6 +266,7 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
   // until the deadline, then cancels the rest; only then may the executor
   // stop.
   state_->grpc_server->Shutdown(std::chrono::system_clock::now() + grace);
+  if (state_->batcher != nullptr) state_->batcher->Shutdown();
   state_->executor->Shutdown();
   state_->grpc_server->Wait();
   absl::MutexLock lock(&shutdown_mu_);

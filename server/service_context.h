@@ -21,9 +21,13 @@
 
 namespace accel::server {
 
+class Batcher;
+
 struct ServiceContext {
   TensorStore* store = nullptr;
   Executor* executor = nullptr;
+  // Null when batching is off (--batching=false): every op runs alone.
+  Batcher* batcher = nullptr;
   ServerMetrics* metrics = nullptr;
   OpEnv env;
   std::string version;

@@ -220,6 +220,51 @@ absl::StatusOr<kernels::ConstTensorView> CallScope::Stage(const kernels::ConstTe
 #endif
 }
 
+absl::StatusOr<kernels::ConstTensorView> CallScope::StageConcat(
+    std::span<const kernels::ConstTensorView> parts, kernels::DType dtype,
+    const kernels::Shape& shape) {
+  kernels::ConstTensorView whole{dtype, shape, nullptr};
+  const size_t n = whole.nbytes();
+  if (parts.size() == 1 && parts[0].nbytes() == n) {
+    whole.data = parts[0].data;
+    return Stage(whole);
+  }
+  void* host = nullptr;
+#if ACCEL_WITH_CUDA
+  if (device_.is_cuda()) {
+    absl::Status s = Cuda(kernels::cuda::PinnedAlloc(n, &host), "pinned staging");
+    if (!s.ok()) return s;
+    pinned_.push_back(host);
+  }
+#endif
+  if (host == nullptr) {
+    auto scratch = Allocate(n);  // host scratch on the CPU
+    if (!scratch.ok()) return scratch.status();
+    host = *scratch;
+  }
+  size_t offset = 0;
+  for (const kernels::ConstTensorView& part : parts) {
+    const size_t bytes = part.nbytes();
+    if (offset + bytes > n) return absl::InternalError("StageConcat: parts exceed the shape");
+    std::memcpy(static_cast<char*>(host) + offset, part.data, bytes);
+    offset += bytes;
+  }
+  if (offset != n) return absl::InternalError("StageConcat: parts do not fill the shape");
+  whole.data = host;
+#if ACCEL_WITH_CUDA
+  if (device_.is_cuda() && n > 0) {
+    auto device = Allocate(n);
+    if (!device.ok()) return device.status();
+    absl::Status s =
+        Cuda(cudaMemcpyAsync(*device, host, n, cudaMemcpyHostToDevice, t_stream), "upload");
+    if (!s.ok()) return s;
+    work_pending_ = true;
+    whole.data = *device;
+  }
+#endif
+  return whole;
+}
+
 absl::StatusOr<void*> CallScope::ResultBuffer(void* host_dst, size_t nbytes) {
   if (!device_.is_cuda() || nbytes == 0) return host_dst;
 #if ACCEL_WITH_CUDA

@@ -19,6 +19,7 @@
 
 #include <atomic>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -93,6 +94,15 @@ class CallScope final : public kernels::ScratchAllocator {
   // A view of `host` on the device: the same view on the CPU; on CUDA a
   // copy through pinned staging, enqueued on the call's stream.
   absl::StatusOr<kernels::ConstTensorView> Stage(const kernels::ConstTensorView& host);
+
+  // One view of shape `shape` over `parts` (host tensors of `dtype`, their
+  // bytes in order) concatenated: the batcher's one staging copy per batch.
+  // CPU: a single part is used where it is; several are copied into one
+  // scratch buffer (the kernels take one dense tensor). CUDA: one pinned
+  // buffer and one H2D copy for the whole batch.
+  absl::StatusOr<kernels::ConstTensorView> StageConcat(
+      std::span<const kernels::ConstTensorView> parts, kernels::DType dtype,
+      const kernels::Shape& shape);
 
   // Device memory for an inline result whose bytes end up at `host_dst`
   // (nbytes long) once Finish() returns. CPU: returns host_dst itself.

@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "server/batch_ops.h"
 #include "server/call_metrics.h"
 #include "server/op_runner.h"
 #include "server/status_util.h"
@@ -55,6 +56,87 @@ void RunStreamRequest(const ServiceContext& service, const v1::StreamRequest& re
     response->set_code(static_cast<int32_t>(status.code()));
     response->set_message(std::string(status.message()));
   }
+}
+
+namespace {
+
+// Prepares one batchable stream message and submits it; `done` finishes the
+// message. A validation error is returned (and `done` dropped): the caller
+// answers it like a refused message.
+template <typename Traits>
+absl::Status SubmitStreamOp(ServiceContext* service, grpc::CallbackServerContext* call,
+                            const typename Traits::Request& req, typename Traits::Response* resp,
+                            absl::AnyInvocable<void(absl::Status) &&> done) {
+  absl::StatusOr<typename Traits::Item> item = Traits::Prepare(service->env, req, resp);
+  if (!item.ok()) return item.status();
+  // Never inline: done() takes the reactor's lock, which the caller holds.
+  std::unique_ptr<BatchTask> task = std::make_unique<OpTask<Traits>>(
+      &service->env, std::move(*item), call, /*runs_inline=*/false, std::move(done));
+  return SubmitTask(*service, &task);
+}
+
+}  // namespace
+
+absl::Status StreamReactor::ScheduleBatched(std::shared_ptr<const v1::StreamRequest> request, Op op,
+                                            std::chrono::steady_clock::time_point start) {
+  auto response = std::make_unique<v1::StreamResponse>();
+  response->set_id(request->id());
+  v1::StreamResponse* out = response.get();
+  auto done = [this, request, response = std::move(response), op,
+               start](absl::Status status) mutable {
+    FinishMessage(*request, std::move(response), op, start, status);
+  };
+  switch (request->op_case()) {
+    case v1::StreamRequest::kRmsNorm:
+      return SubmitStreamOp<RmsNormOp>(service_, call_, request->rms_norm(),
+                                       out->mutable_rms_norm(), std::move(done));
+    case v1::StreamRequest::kSwiglu:
+      return SubmitStreamOp<SwiGluOp>(service_, call_, request->swiglu(), out->mutable_swiglu(),
+                                      std::move(done));
+    case v1::StreamRequest::kRope:
+      return SubmitStreamOp<RopeOp>(service_, call_, request->rope(), out->mutable_rope(),
+                                    std::move(done));
+    case v1::StreamRequest::kQuantize:
+      return SubmitStreamOp<QuantizeOp>(service_, call_, request->quantize(),
+                                        out->mutable_quantize(), std::move(done));
+    case v1::StreamRequest::kDequantize:
+      return SubmitStreamOp<DequantizeOp>(service_, call_, request->dequantize(),
+                                          out->mutable_dequantize(), std::move(done));
+    default:
+      return absl::InternalError("ScheduleBatched: not a batchable op");
+  }
+}
+
+bool StreamReactor::Batchable(const v1::StreamRequest& request) {
+  switch (request.op_case()) {
+    case v1::StreamRequest::kRmsNorm:
+    case v1::StreamRequest::kSwiglu:
+    case v1::StreamRequest::kRope:
+    case v1::StreamRequest::kQuantize:
+    case v1::StreamRequest::kDequantize:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void StreamReactor::FinishMessage(const v1::StreamRequest& request,
+                                  std::unique_ptr<v1::StreamResponse> response, Op op,
+                                  std::chrono::steady_clock::time_point start,
+                                  const absl::Status& status) {
+  if (!status.ok()) {
+    response->clear_result();
+    response->set_code(static_cast<int32_t>(status.code()));
+    response->set_message(std::string(status.message()));
+  }
+  ServerMetrics* metrics = service_->metrics;
+  metrics->AddPending(op, -1);
+  metrics->RecordRequest(Method::kStream, status.code(), SecondsSince(start));
+  if (service_->access_log) {
+    LogAccess(*call_, Method::kStream, status.code(), static_cast<int64_t>(request.ByteSizeLong()),
+              static_cast<int64_t>(response->ByteSizeLong()), start);
+  }
+  Enqueue(std::move(response));
 }
 
 StreamReactor::StreamReactor(ServiceContext* service, grpc::CallbackServerContext* call)
@@ -111,21 +193,26 @@ bool StreamReactor::HandleRead(bool ok) {
   metrics->AddBytesReceived(static_cast<int64_t>(request->ByteSizeLong()));
   const std::optional<Op> op = OpOfStreamRequest(*request);
   if (op) metrics->AddPending(*op, 1);
-  absl::Status scheduled = service_->executor->Schedule([this, request, op, start] {
-    ServerMetrics* metrics = service_->metrics;
-    if (op) metrics->ObserveQueue(*op, SecondsSince(start));
-    auto response = std::make_unique<v1::StreamResponse>();
-    RunStreamRequest(*service_, *request, response.get());
-    if (op) metrics->AddPending(*op, -1);
-    const auto code = static_cast<absl::StatusCode>(response->code());
-    metrics->RecordRequest(Method::kStream, code, SecondsSince(start));
-    if (service_->access_log) {
-      // One line per message, as accel_requests_total{method="Stream"} counts.
-      LogAccess(*call_, Method::kStream, code, static_cast<int64_t>(request->ByteSizeLong()),
-                static_cast<int64_t>(response->ByteSizeLong()), start);
-    }
-    Enqueue(std::move(response));
-  });
+  absl::Status scheduled;
+  if (service_->batcher != nullptr && op && Batchable(*request)) {
+    scheduled = ScheduleBatched(request, *op, start);
+  } else {
+    scheduled = service_->executor->Schedule([this, request, op, start] {
+      ServerMetrics* metrics = service_->metrics;
+      if (op) metrics->ObserveQueue(*op, SecondsSince(start));
+      auto response = std::make_unique<v1::StreamResponse>();
+      RunStreamRequest(*service_, *request, response.get());
+      if (op) metrics->AddPending(*op, -1);
+      const auto code = static_cast<absl::StatusCode>(response->code());
+      metrics->RecordRequest(Method::kStream, code, SecondsSince(start));
+      if (service_->access_log) {
+        // One line per message, as accel_requests_total{method="Stream"} counts.
+        LogAccess(*call_, Method::kStream, code, static_cast<int64_t>(request->ByteSizeLong()),
+                  static_cast<int64_t>(response->ByteSizeLong()), start);
+      }
+      Enqueue(std::move(response));
+    });
+  }
   if (!scheduled.ok()) {
     // Full queue or draining: answer this message, keep the stream.
     if (op) metrics->AddPending(*op, -1);

@@ -1,6 +1,8 @@
 // The Stream RPC: any op over one long-lived bidirectional stream.
 //
-// Each StreamRequest runs on the executor like a unary call; its response
+// Each StreamRequest runs like a unary call: batchable ops through the
+// batcher (so messages of all streams and unary calls share launches), the
+// others on the executor. Its response
 // (with the request's id, a status code and message) is written when ready,
 // so responses may come out of order. An error answers that one message and
 // leaves the stream open. Back-pressure: at most kMaxInFlight requests of a
@@ -16,6 +18,9 @@
 #include <chrono>
 #include <deque>
 #include <memory>
+
+#include "absl/status/status.h"
+#include "server/metrics.h"
 
 #include <grpcpp/grpcpp.h>
 
@@ -50,6 +55,18 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::StreamRequest, v1
   bool Pump() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishStream();
   bool HandleRead(bool ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether the message's op goes through the batcher.
+  static bool Batchable(const v1::StreamRequest& request);
+  // Prepares a batchable message and submits it; an error (invalid
+  // request, full queue) is the message's answer.
+  absl::Status ScheduleBatched(std::shared_ptr<const v1::StreamRequest> request, Op op,
+                               std::chrono::steady_clock::time_point start)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Fills the status into `response`, records the message and queues the
+  // response for writing. Called without mu_ (from a batcher thread).
+  void FinishMessage(const v1::StreamRequest& request, std::unique_ptr<v1::StreamResponse> response,
+                     Op op, std::chrono::steady_clock::time_point start,
+                     const absl::Status& status);
 
   ServiceContext* service_;
   grpc::CallbackServerContext* call_;

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "accel/util/logging.h"
+#include "server/batch_ops.h"
 #include "server/call_metrics.h"
 #include "server/device_info.h"
 #include "server/op_runner.h"
@@ -80,6 +81,46 @@ grpc::ServerUnaryReactor* TensorOpsService::RunInline(grpc::CallbackServerContex
   return reactor;
 }
 
+template <typename Traits>
+grpc::ServerUnaryReactor* TensorOpsService::RunBatched(grpc::CallbackServerContext* call,
+                                                       Method method,
+                                                       const typename Traits::Request* req,
+                                                       typename Traits::Response* resp) {
+  const Clock::time_point start = Clock::now();
+  grpc::ServerUnaryReactor* reactor = call->DefaultReactor();
+  ServerMetrics* metrics = service_->metrics;
+  const int64_t request_bytes = static_cast<int64_t>(req->ByteSizeLong());
+  metrics->AddBytesReceived(request_bytes);
+  absl::Status status = Admit(*service_, *call);
+  if (status.ok()) {
+    // Decoded and validated here, once: a bad request never takes a queue
+    // slot, and the key needs the validated shapes.
+    absl::StatusOr<typename Traits::Item> item = Traits::Prepare(service_->env, *req, resp);
+    status = item.status();
+    if (item.ok()) {
+      // On the CPU a small request's kernel costs less than the hand-off to
+      // a worker; on a GPU the gRPC thread must not wait for the device.
+      const bool runs_inline =
+          !service_->env.device->is_cuda() && request_bytes <= kInlinePayloadBytes;
+      std::unique_ptr<BatchTask> task = std::make_unique<OpTask<Traits>>(
+          &service_->env, std::move(*item), call, runs_inline,
+          [this, call, reactor, method, start, req, resp](absl::Status status) {
+            // No longer pending once answered, so a scrape after the reply agrees.
+            service_->metrics->AddPending(Traits::kOp, -1);
+            if (status.ok()) {
+              service_->metrics->AddBytesSent(static_cast<int64_t>(resp->ByteSizeLong()));
+            }
+            Finish(call, reactor, method, start, *req, *resp, status);
+          });
+      metrics->AddPending(Traits::kOp, 1);
+      status = SubmitTask(*service_, &task);
+      if (!status.ok()) metrics->AddPending(Traits::kOp, -1);
+    }
+  }
+  if (!status.ok()) Finish(call, reactor, method, start, *req, *resp, status);
+  return reactor;
+}
+
 // The op RPCs: run on the executor, time the op runner, account the payload
 // bytes both ways.
 #define ACCEL_OP_HANDLER(Rpc, Request, Response, RunFn)                                 \
@@ -94,19 +135,36 @@ grpc::ServerUnaryReactor* TensorOpsService::RunInline(grpc::CallbackServerContex
     });                                                                                 \
   }
 
-ACCEL_OP_HANDLER(RmsNorm, v1::RmsNormRequest, v1::RmsNormResponse, RunRmsNorm)
-ACCEL_OP_HANDLER(SwiGlu, v1::SwiGluRequest, v1::SwiGluResponse, RunSwiGlu)
+// The batchable ops go through the batcher when batching is on, and run
+// alone on the executor (exactly as the other ops) when it is off.
+#define ACCEL_BATCHED_HANDLER(Rpc, Request, Response, Traits, RunFn)                              \
+  grpc::ServerUnaryReactor* TensorOpsService::Rpc(grpc::CallbackServerContext* call,              \
+                                                  const Request* req, Response* resp) {           \
+    if (service_->batcher != nullptr) return RunBatched<Traits>(call, Method::k##Rpc, req, resp); \
+    return RunOnExecutor(call, Method::k##Rpc, *req, *resp, [this, req, resp] {                   \
+      absl::Status status = RunOpAndRecord(*service_, Op::k##Rpc, RunFn, *req, resp);             \
+      if (status.ok()) {                                                                          \
+        service_->metrics->AddBytesSent(static_cast<int64_t>(resp->ByteSizeLong()));              \
+      }                                                                                           \
+      return status;                                                                              \
+    });                                                                                           \
+  }
+
+ACCEL_BATCHED_HANDLER(RmsNorm, v1::RmsNormRequest, v1::RmsNormResponse, RmsNormOp, RunRmsNorm)
+ACCEL_BATCHED_HANDLER(SwiGlu, v1::SwiGluRequest, v1::SwiGluResponse, SwiGluOp, RunSwiGlu)
 ACCEL_OP_HANDLER(Linear, v1::LinearRequest, v1::LinearResponse, RunLinear)
 ACCEL_OP_HANDLER(Ffn, v1::FfnRequest, v1::FfnResponse, RunFfn)
-ACCEL_OP_HANDLER(Rope, v1::RopeRequest, v1::RopeResponse, RunRope)
+ACCEL_BATCHED_HANDLER(Rope, v1::RopeRequest, v1::RopeResponse, RopeOp, RunRope)
 ACCEL_OP_HANDLER(BuildRopeCache, v1::BuildRopeCacheRequest, v1::TensorInfo, RunBuildRopeCache)
-ACCEL_OP_HANDLER(Quantize, v1::QuantizeRequest, v1::QuantizeResponse, RunQuantize)
-ACCEL_OP_HANDLER(Dequantize, v1::DequantizeRequest, v1::DequantizeResponse, RunDequantize)
+ACCEL_BATCHED_HANDLER(Quantize, v1::QuantizeRequest, v1::QuantizeResponse, QuantizeOp, RunQuantize)
+ACCEL_BATCHED_HANDLER(Dequantize, v1::DequantizeRequest, v1::DequantizeResponse, DequantizeOp,
+                      RunDequantize)
 ACCEL_OP_HANDLER(QuantizationError, v1::QuantizationErrorRequest, v1::QuantizationErrorResponse,
                  RunQuantizationError)
 ACCEL_OP_HANDLER(QuantizeWeight, v1::QuantizeWeightRequest, v1::TensorInfo, RunQuantizeWeight)
 
 #undef ACCEL_OP_HANDLER
+#undef ACCEL_BATCHED_HANDLER
 
 grpc::ServerUnaryReactor* TensorOpsService::LoadTensors(grpc::CallbackServerContext* call,
                                                         const v1::LoadTensorsRequest* req,

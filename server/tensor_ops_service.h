@@ -1,7 +1,11 @@
 // The accel.v1.TensorOps service on gRPC's callback API.
 //
 // Handlers never block: they admit the call (draining, token), then hand the
-// work to the executor, whose thread runs the op and finishes the call.
+// work to the executor, whose thread runs the op and finishes the call. With
+// batching on, the batchable ops (batch_ops.h) are decoded and validated
+// here and go to the batcher, whose worker (or, for a small request whose
+// queue is idle, this thread: a few microseconds of CPU kernel) runs them
+// and finishes the call.
 // Cheap metadata RPCs (ListTensors, DeleteTensor, GetServerInfo) answer
 // inline. PutTensor, GetTensor and Stream have their own reactors
 // (transfer_reactors.h, stream_reactor.h). Thread-safe.
@@ -71,6 +75,11 @@ class TensorOpsService final : public v1::TensorOps::CallbackService {
   grpc::ServerUnaryReactor* RunOnExecutor(grpc::CallbackServerContext* call, Method method,
                                           const google::protobuf::Message& request,
                                           const google::protobuf::Message& response, Work work);
+  // Prepares the request and submits it to the batcher (batch_ops.h).
+  template <typename Traits>
+  grpc::ServerUnaryReactor* RunBatched(grpc::CallbackServerContext* call, Method method,
+                                       const typename Traits::Request* req,
+                                       typename Traits::Response* resp);
   // Answers inline on the gRPC thread (for cheap calls).
   template <typename Work>
   grpc::ServerUnaryReactor* RunInline(grpc::CallbackServerContext* call, Method method,

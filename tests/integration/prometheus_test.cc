@@ -283,7 +283,8 @@ TEST_F(PrometheusTest, ScrapedCountersMatchRequestsAndDashboardQueriesEvaluate) 
       {R"(accel_request_duration_seconds_count{method="SwiGlu"})", 3},
       {R"(accel_request_duration_seconds_bucket{method="RmsNorm",le="+Inf"})", 7},
       {R"(accel_queue_duration_seconds_count{op="rms_norm"})", 7},
-      {R"(accel_queue_duration_seconds_count{op="swiglu"})", 3},
+      // Rejected when validated, on the gRPC thread, before any queue.
+      {R"(accel_queue_duration_seconds_count{op="swiglu"})", 0},
       {R"(accel_compute_duration_seconds_count{op="rms_norm",phase="kernel"})", 7},
       {R"(accel_compute_duration_seconds_count{op="swiglu",phase="kernel"})", 0},
       {R"(accel_batch_requests_count{op="rms_norm"})", 7},

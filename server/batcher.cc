@@ -1,0 +1,212 @@
+#include "server/batcher.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+
+namespace accel::server {
+namespace {
+
+double SecondsBetween(BatchClock::time_point from, BatchClock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
+}
+
+}  // namespace
+
+void RunBatch(ServerMetrics* metrics, std::vector<std::unique_ptr<BatchTask>> batch) {
+  const BatchClock::time_point start = BatchClock::now();
+  // Callers that are gone cost no kernel time and never delay the others.
+  std::vector<BatchTask*> live;
+  live.reserve(batch.size());
+  int64_t rows = 0;
+  for (std::unique_ptr<BatchTask>& task : batch) {
+    if (absl::Status alive = task->CheckAlive(); !alive.ok()) {
+      task->Done(std::move(alive));
+      task.reset();
+      continue;
+    }
+    if (metrics != nullptr)
+      metrics->ObserveQueue(task->op(), SecondsBetween(task->enqueued, start));
+    live.push_back(task.get());
+    rows += task->rows();
+  }
+  if (live.empty()) return;
+  const Op op = live[0]->op();
+  absl::Status status = live[0]->LaunchBatch(live);
+  if (status.ok() || live.size() == 1) {
+    if (status.ok() && metrics != nullptr) {
+      metrics->ObserveCompute(op, Phase::kKernel, SecondsBetween(start, BatchClock::now()));
+      metrics->ObserveLaunch(op, static_cast<int64_t>(live.size()), rows);
+    }
+    for (BatchTask* task : live) task->Done(status);
+    return;
+  }
+  // Some request of the batch is bad (e.g. a NaN for Quantize): run each
+  // alone, so that only its own caller sees its error.
+  for (BatchTask* task : live) {
+    const BatchClock::time_point alone = BatchClock::now();
+    BatchTask* one[] = {task};
+    absl::Status own = task->LaunchBatch(one);
+    if (own.ok() && metrics != nullptr) {
+      metrics->ObserveCompute(op, Phase::kKernel, SecondsBetween(alone, BatchClock::now()));
+      metrics->ObserveLaunch(op, 1, task->rows());
+    }
+    task->Done(std::move(own));
+  }
+}
+
+Batcher::Batcher(Options options) : options_(std::move(options)) {
+  const int threads = std::max(1, options_.threads);
+  workers_.reserve(threads);
+  for (int i = 0; i < threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+}
+
+Batcher::~Batcher() { Shutdown(); }
+
+absl::Status Batcher::Schedule(std::unique_ptr<BatchTask>* task) {
+  const BatchClock::time_point now = BatchClock::now();
+  const std::string& key = (*task)->key();
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::UnavailableError("the server is draining for shutdown");
+  if (queued_ >= options_.max_queue_size) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the batch queue is full (", queued_,
+        " requests waiting, --max_queue_size=", options_.max_queue_size, "); retry with backoff"));
+  }
+  (*task)->enqueued = now;
+  Queue& queue = queues_[key];
+  if ((*task)->runs_inline() && !queue.running && queue.tasks.empty() &&
+      options_.max_queue_delay.count() == 0) {
+    // An idle queue with no delay would launch this task alone at once
+    // anyway: run it here and save the hand-off to a worker (two thread
+    // wake-ups, the largest cost of a small request at low load). Tasks of
+    // this key that arrive meanwhile queue up for a worker, as they would
+    // behind a worker's launch.
+    queue.running = true;
+    const std::string own_key = key;  // the task (and `key`) die in RunBatch
+    std::vector<std::unique_ptr<BatchTask>> batch;
+    batch.push_back(std::move(*task));
+    mu_.Unlock();
+    RunBatch(options_.metrics, std::move(batch));
+    mu_.Lock();
+    LaunchedLocked(own_key);
+    return absl::OkStatus();
+  }
+  queue.tasks.push_back(std::move(*task));
+  ++queued_;
+  ++epoch_;
+  return absl::OkStatus();
+}
+
+void Batcher::LaunchedLocked(const std::string& key) {
+  auto it = queues_.find(key);
+  it->second.running = false;
+  if (it->second.tasks.empty()) {
+    queues_.erase(it);  // keys hold tensor addresses: do not keep dead ones
+  } else {
+    ++epoch_;
+  }
+}
+
+void Batcher::Shutdown() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_ && workers_.empty()) return;
+    stopping_ = true;
+    ++epoch_;
+  }
+  for (std::thread& worker : workers_) {
+    if (worker.joinable()) worker.join();
+  }
+  workers_.clear();
+}
+
+int64_t Batcher::queued() const {
+  absl::MutexLock lock(&mu_);
+  return queued_;
+}
+
+bool Batcher::TakeLocked(BatchClock::time_point now, Taken* taken,
+                         BatchClock::time_point* wake_at) {
+  const BatchPlanOptions plan_options{options_.max_batch_rows, options_.max_queue_delay,
+                                      /*flush=*/stopping_};
+  *wake_at = BatchClock::time_point::max();
+  Queue* best = nullptr;
+  const std::string* best_key = nullptr;
+  size_t best_launch = 0;
+  std::vector<QueuedRequest> requests;
+  for (auto& [key, queue] : queues_) {
+    if (queue.running || queue.tasks.empty()) continue;
+    requests.clear();
+    for (const std::unique_ptr<BatchTask>& task : queue.tasks) {
+      requests.push_back({task->rows(), task->enqueued, task->deadline()});
+    }
+    const BatchPlan plan = PlanBatch(requests, now, plan_options);
+    // Erase back to front so the indices stay valid.
+    for (auto it = plan.expired.rbegin(); it != plan.expired.rend(); ++it) {
+      taken->expired.push_back(std::move(queue.tasks[*it]));
+      queue.tasks.erase(queue.tasks.begin() + static_cast<std::ptrdiff_t>(*it));
+      --queued_;
+    }
+    if (plan.launch > 0) {
+      // FIFO across keys: the queue whose head waited longest goes first.
+      if (best == nullptr || queue.tasks.front()->enqueued < best->tasks.front()->enqueued) {
+        best = &queue;
+        best_key = &key;
+        best_launch = plan.launch;
+      }
+    } else if (plan.wake_at) {
+      *wake_at = std::min(*wake_at, *plan.wake_at);
+    }
+  }
+  if (best != nullptr) {
+    taken->key = *best_key;
+    for (size_t i = 0; i < best_launch; ++i) {
+      taken->batch.push_back(std::move(best->tasks.front()));
+      best->tasks.pop_front();
+    }
+    queued_ -= static_cast<int64_t>(best_launch);
+    best->running = true;
+  }
+  // Queues emptied by expiry alone.
+  for (auto it = queues_.begin(); it != queues_.end();) {
+    it = !it->second.running && it->second.tasks.empty() ? queues_.erase(it) : std::next(it);
+  }
+  return best != nullptr || !taken->expired.empty();
+}
+
+void Batcher::WorkerLoop() {
+  if (options_.thread_init) options_.thread_init();
+  absl::MutexLock lock(&mu_);
+  while (true) {
+    Taken taken;
+    BatchClock::time_point wake_at;
+    if (TakeLocked(BatchClock::now(), &taken, &wake_at)) {
+      mu_.Unlock();
+      for (std::unique_ptr<BatchTask>& task : taken.expired) {
+        task->Done(absl::DeadlineExceededError("the deadline passed while the request was queued"));
+      }
+      taken.expired.clear();
+      const bool launched = !taken.batch.empty();
+      if (launched) RunBatch(options_.metrics, std::move(taken.batch));
+      mu_.Lock();
+      if (launched) LaunchedLocked(taken.key);
+      continue;
+    }
+    if (stopping_ && queued_ == 0) return;
+    // Sleep until a task arrives, a queue turns idle, or a delay runs out.
+    const uint64_t seen = epoch_;
+    auto changed = [this, seen]()
+                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return epoch_ != seen || stopping_; };
+    if (wake_at == BatchClock::time_point::max()) {
+      mu_.Await(absl::Condition(&changed));
+    } else {
+      mu_.AwaitWithTimeout(absl::Condition(&changed),
+                           absl::FromChrono(wake_at - BatchClock::now()));
+    }
+  }
+}
+
+}  // namespace accel::server

@@ -1,0 +1,151 @@
+// The dynamic batcher: concurrent requests whose op, dtype, trailing shape,
+// resident weights and parameters agree (the same batch key) wait in one
+// queue and run as one launch over their concatenated rows.
+//
+// The service decodes and validates a request on the gRPC thread, wraps it
+// in a BatchTask (server/batch_ops.h) and calls Schedule. Worker threads
+// take a queue's next batch when PlanBatch (batch_plan.h) says so: at
+// once with --max_queue_delay_us=0 (a batch is then whatever queued while
+// that queue's previous batch ran, since a queue runs one batch at a time),
+// when --max_batch_rows are queued, or when the oldest request has waited
+// the delay. Before the launch, requests whose caller cancelled or whose
+// deadline passed are answered and dropped, so they never delay others.
+// A full batcher (--max_queue_size tasks waiting) answers RESOURCE_EXHAUSTED
+// at once.
+//
+// Different keys run in parallel on different workers; the queue with the
+// oldest launchable request goes first. Requests that share no key with
+// anyone (an output name, an inline weight, a per-tensor Quantize) do not
+// come here: the service runs them alone on the executor (RunBatch with one
+// task), through the same launch code.
+//
+// Thread-safety: Schedule and Shutdown may be called from any thread. A
+// task's methods are called by one thread at a time.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "server/batch_plan.h"
+#include "server/metrics.h"
+
+namespace accel::server {
+
+// One request waiting for a launch. Implemented per op by OpTask
+// (batch_ops.h); tests implement it directly.
+class BatchTask {
+ public:
+  virtual ~BatchTask() = default;
+
+  virtual Op op() const = 0;
+  // Tasks with equal keys may share a launch (and share a queue).
+  virtual const std::string& key() const = 0;
+  // Rows (tokens) this task adds to a launch.
+  virtual int64_t rows() const = 0;
+  // The caller's deadline on the steady clock; time_point::max() if none.
+  virtual BatchClock::time_point deadline() const { return BatchClock::time_point::max(); }
+  // OK while the caller still waits; CANCELLED or DEADLINE_EXCEEDED after.
+  virtual absl::Status CheckAlive() { return absl::OkStatus(); }
+  // Runs `batch` (tasks of this task's key; this one is batch[0]) as one
+  // launch and fills their responses. On an error no response may be used:
+  // RunBatch then runs each task alone to find whose request failed.
+  virtual absl::Status LaunchBatch(std::span<BatchTask* const> batch) = 0;
+  // Delivers the final status (the response is filled when it is OK).
+  // Called exactly once, on any thread; the task is destroyed after.
+  virtual void Done(absl::Status status) = 0;
+  // True when the task is cheap enough to run on the thread that schedules
+  // it, when its queue is idle (skips a thread hop for small requests).
+  virtual bool runs_inline() const { return false; }
+
+  // Set by Batcher::Schedule.
+  BatchClock::time_point enqueued;
+};
+
+// Runs `batch` (non-empty, one key) as one launch and calls every task's
+// Done: tasks whose caller is gone get CANCELLED/DEADLINE_EXCEEDED without
+// running; if the launch fails, each remaining task is run alone, so one
+// bad request cannot fail its neighbours. Records the queue time of each
+// task and the launch (requests, rows, kernel time) when `metrics` is set.
+void RunBatch(ServerMetrics* metrics, std::vector<std::unique_ptr<BatchTask>> batch);
+
+class Batcher {
+ public:
+  struct Options {
+    // See BatchPlanOptions: rows per launch (--max_batch_rows, default
+    // 4096) and the longest wait for a batch to fill (--max_queue_delay_us,
+    // default 0).
+    int64_t max_batch_rows = 4096;
+    std::chrono::microseconds max_queue_delay{0};
+    // Tasks waiting in all queues; more is RESOURCE_EXHAUSTED
+    // (--max_queue_size, default 4096).
+    int64_t max_queue_size = 4096;
+    // Worker threads; at most one runs a given key at a time.
+    int threads = 2;
+    // Runs first on each worker (selects the GPU, creates its stream).
+    std::function<void()> thread_init;
+    // Where launches are recorded; may be null.
+    ServerMetrics* metrics = nullptr;
+  };
+
+  explicit Batcher(Options options);
+  ~Batcher();  // Shutdown()
+  Batcher(const Batcher&) = delete;
+  Batcher& operator=(const Batcher&) = delete;
+
+  // Takes ownership of *task (leaving it null) and answers OK; it may run
+  // and finish before Schedule returns when it runs_inline(). Otherwise
+  // leaves *task with the caller and answers RESOURCE_EXHAUSTED (full) or
+  // UNAVAILABLE (shut down).
+  absl::Status Schedule(std::unique_ptr<BatchTask>* task);
+
+  // Launches everything queued without waiting for batches to fill, then
+  // joins the workers. Idempotent.
+  void Shutdown();
+
+  // Tasks waiting (not yet launched).
+  int64_t queued() const;
+
+ private:
+  struct Queue {
+    std::deque<std::unique_ptr<BatchTask>> tasks;
+    bool running = false;  // one batch of this key is being launched
+  };
+  // What a worker took out of the queues under the lock.
+  struct Taken {
+    std::string key;
+    std::vector<std::unique_ptr<BatchTask>> batch;
+    std::vector<std::unique_ptr<BatchTask>> expired;
+  };
+
+  void WorkerLoop();
+  // Plans every idle queue; moves the batch whose oldest task is oldest
+  // (and every expired task) into *taken. Returns false when there is
+  // nothing to do now; *wake_at is then the next time a plan may change.
+  bool TakeLocked(BatchClock::time_point now, Taken* taken, BatchClock::time_point* wake_at)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After a launch of `key`: the queue may launch again.
+  void LaunchedLocked(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const Options options_;
+  mutable absl::Mutex mu_;
+  // std::unordered_map: references stay valid while other keys come and go.
+  std::unordered_map<std::string, Queue> queues_ ABSL_GUARDED_BY(mu_);
+  int64_t queued_ ABSL_GUARDED_BY(mu_) = 0;
+  // Bumped whenever a worker may find new work: a task queued, a queue idle.
+  uint64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace accel::server

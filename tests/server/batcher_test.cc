@@ -1,0 +1,284 @@
+// The Batcher's threads around PlanBatch: tasks of one key queued while that
+// key is busy share the next launch; keys stay apart; full queues, gone
+// callers and failed batches are answered as the header promises.
+#include "server/batcher.h"
+
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+
+namespace accel::server {
+namespace {
+
+using ::testing::ElementsAre;
+
+// What the fake tasks saw: launches (the ids in each) and final statuses.
+struct Log {
+  absl::Mutex mu;
+  std::vector<std::vector<int>> launches ABSL_GUARDED_BY(mu);
+  std::map<int, absl::Status> done ABSL_GUARDED_BY(mu);
+
+  void WaitDone(size_t n) {
+    absl::MutexLock lock(&mu);
+    auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return done.size() >= n; };
+    mu.Await(absl::Condition(&enough));
+  }
+  void WaitLaunches(size_t n) {
+    absl::MutexLock lock(&mu);
+    auto enough = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return launches.size() >= n; };
+    mu.Await(absl::Condition(&enough));
+  }
+};
+
+class FakeTask final : public BatchTask {
+ public:
+  FakeTask(int id, std::string key, Log* log) : id_(id), key_(std::move(key)), log_(log) {}
+
+  // The first launch of this task blocks until `gate` is notified.
+  FakeTask& BlockOn(absl::Notification* gate) {
+    gate_ = gate;
+    return *this;
+  }
+  FakeTask& Alive(absl::Status status) {
+    alive_ = std::move(status);
+    return *this;
+  }
+  FakeTask& Deadline(BatchClock::time_point deadline) {
+    deadline_ = deadline;
+    return *this;
+  }
+  // Launches holding this task fail; so does a launch of it alone.
+  FakeTask& Bad() {
+    bad_ = true;
+    return *this;
+  }
+  FakeTask& Inline() {
+    inline_ = true;
+    return *this;
+  }
+
+  Op op() const override { return Op::kRmsNorm; }
+  const std::string& key() const override { return key_; }
+  int64_t rows() const override { return 1; }
+  BatchClock::time_point deadline() const override { return deadline_; }
+  absl::Status CheckAlive() override { return alive_; }
+  bool runs_inline() const override { return inline_; }
+
+  absl::Status LaunchBatch(std::span<BatchTask* const> batch) override {
+    std::vector<int> ids;
+    bool bad = false;
+    for (BatchTask* task : batch) {
+      auto* fake = static_cast<FakeTask*>(task);
+      ids.push_back(fake->id_);
+      bad |= fake->bad_;
+    }
+    {
+      absl::MutexLock lock(&log_->mu);
+      log_->launches.push_back(ids);
+    }
+    if (gate_ != nullptr) gate_->WaitForNotification();
+    return bad ? absl::InvalidArgumentError("bad input") : absl::OkStatus();
+  }
+  void Done(absl::Status status) override {
+    absl::MutexLock lock(&log_->mu);
+    log_->done[id_] = std::move(status);
+  }
+
+ private:
+  const int id_;
+  const std::string key_;
+  Log* log_;
+  absl::Notification* gate_ = nullptr;
+  absl::Status alive_;
+  BatchClock::time_point deadline_ = BatchClock::time_point::max();
+  bool bad_ = false;
+  bool inline_ = false;
+};
+
+Batcher::Options TestOptions() {
+  Batcher::Options options;
+  options.threads = 2;
+  return options;
+}
+
+absl::Status Schedule(Batcher& batcher, std::unique_ptr<FakeTask> task) {
+  std::unique_ptr<BatchTask> base = std::move(task);
+  return batcher.Schedule(&base);
+}
+
+std::unique_ptr<FakeTask> Task(int id, const std::string& key, Log* log) {
+  return std::make_unique<FakeTask>(id, key, log);
+}
+
+TEST(Batcher, RunsATaskAndDeliversItsStatus) {
+  Log log;
+  Batcher batcher(TestOptions());
+  ASSERT_TRUE(Schedule(batcher, Task(1, "a", &log)).ok());
+  log.WaitDone(1);
+  absl::MutexLock lock(&log.mu);
+  EXPECT_TRUE(log.done[1].ok());
+  EXPECT_THAT(log.launches, ElementsAre(ElementsAre(1)));
+}
+
+TEST(Batcher, TasksQueuedWhileTheKeyIsBusyShareTheNextLaunch) {
+  Log log;
+  absl::Notification gate;
+  Batcher batcher(TestOptions());
+  auto first = Task(1, "a", &log);
+  first->BlockOn(&gate);
+  ASSERT_TRUE(Schedule(batcher, std::move(first)).ok());
+  log.WaitLaunches(1);
+  for (int id = 2; id <= 4; ++id) ASSERT_TRUE(Schedule(batcher, Task(id, "a", &log)).ok());
+  gate.Notify();
+  log.WaitDone(4);
+  absl::MutexLock lock(&log.mu);
+  EXPECT_THAT(log.launches, ElementsAre(ElementsAre(1), ElementsAre(2, 3, 4)));
+  for (const auto& [id, status] : log.done) EXPECT_TRUE(status.ok()) << id;
+}
+
+TEST(Batcher, DifferentKeysNeverShareALaunchAndRunSideBySide) {
+  Log log;
+  absl::Notification gate;
+  Batcher batcher(TestOptions());
+  auto first = Task(1, "a", &log);
+  first->BlockOn(&gate);
+  ASSERT_TRUE(Schedule(batcher, std::move(first)).ok());
+  log.WaitLaunches(1);
+  ASSERT_TRUE(Schedule(batcher, Task(2, "b", &log)).ok());
+  log.WaitDone(1);  // b finished while a is still blocked on the other worker
+  {
+    absl::MutexLock lock(&log.mu);
+    EXPECT_EQ(log.done.count(2), 1u);
+    EXPECT_EQ(log.done.count(1), 0u);
+  }
+  gate.Notify();
+  log.WaitDone(2);
+  absl::MutexLock lock(&log.mu);
+  EXPECT_THAT(log.launches, ElementsAre(ElementsAre(1), ElementsAre(2)));
+}
+
+TEST(Batcher, RejectsWhenQueueFull) {
+  Log log;
+  absl::Notification gate;
+  Batcher::Options options = TestOptions();
+  options.max_queue_size = 2;
+  Batcher batcher(options);
+  auto first = Task(1, "a", &log);
+  first->BlockOn(&gate);
+  ASSERT_TRUE(Schedule(batcher, std::move(first)).ok());
+  log.WaitLaunches(1);  // launched: no longer waiting
+  ASSERT_TRUE(Schedule(batcher, Task(2, "a", &log)).ok());
+  ASSERT_TRUE(Schedule(batcher, Task(3, "a", &log)).ok());
+  std::unique_ptr<BatchTask> refused = Task(4, "a", &log);
+  const absl::Status status = batcher.Schedule(&refused);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  EXPECT_NE(refused, nullptr);  // still the caller's, never run
+  gate.Notify();
+  log.WaitDone(3);
+  absl::MutexLock lock(&log.mu);
+  EXPECT_EQ(log.done.count(4), 0u);
+}
+
+TEST(Batcher, DropsGoneCallersBeforeTheLaunch) {
+  Log log;
+  absl::Notification gate;
+  Batcher batcher(TestOptions());
+  auto first = Task(1, "a", &log);
+  first->BlockOn(&gate);
+  ASSERT_TRUE(Schedule(batcher, std::move(first)).ok());
+  log.WaitLaunches(1);
+  auto cancelled = Task(2, "a", &log);
+  cancelled->Alive(absl::CancelledError("client cancelled"));
+  ASSERT_TRUE(Schedule(batcher, std::move(cancelled)).ok());
+  auto expired = Task(3, "a", &log);
+  expired->Deadline(BatchClock::now() - std::chrono::seconds(1));
+  ASSERT_TRUE(Schedule(batcher, std::move(expired)).ok());
+  ASSERT_TRUE(Schedule(batcher, Task(4, "a", &log)).ok());
+  gate.Notify();
+  log.WaitDone(4);
+  absl::MutexLock lock(&log.mu);
+  EXPECT_EQ(log.done[2].code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(log.done[3].code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(log.done[4].ok());
+  EXPECT_THAT(log.launches, ElementsAre(ElementsAre(1), ElementsAre(4)));
+}
+
+TEST(Batcher, AFailedBatchRunsEachTaskAloneSoOnlyTheBadOneFails) {
+  Log log;
+  absl::Notification gate;
+  Batcher batcher(TestOptions());
+  auto first = Task(1, "a", &log);
+  first->BlockOn(&gate);
+  ASSERT_TRUE(Schedule(batcher, std::move(first)).ok());
+  log.WaitLaunches(1);
+  ASSERT_TRUE(Schedule(batcher, Task(2, "a", &log)).ok());
+  auto bad = Task(3, "a", &log);
+  bad->Bad();
+  ASSERT_TRUE(Schedule(batcher, std::move(bad)).ok());
+  gate.Notify();
+  log.WaitDone(3);
+  absl::MutexLock lock(&log.mu);
+  EXPECT_TRUE(log.done[2].ok());
+  EXPECT_EQ(log.done[3].code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(log.launches,
+              ElementsAre(ElementsAre(1), ElementsAre(2, 3), ElementsAre(2), ElementsAre(3)));
+}
+
+TEST(Batcher, WaitsUpToMaxQueueDelayForABatchToFill) {
+  Log log;
+  Batcher::Options options = TestOptions();
+  options.max_queue_delay = std::chrono::milliseconds(200);
+  Batcher batcher(options);
+  for (int id = 1; id <= 3; ++id) ASSERT_TRUE(Schedule(batcher, Task(id, "a", &log)).ok());
+  log.WaitDone(3);
+  absl::MutexLock lock(&log.mu);
+  EXPECT_THAT(log.launches, ElementsAre(ElementsAre(1, 2, 3)));
+}
+
+TEST(Batcher, LaunchesAtMaxBatchRowsWithoutWaitingForTheDelay) {
+  Log log;
+  Batcher::Options options = TestOptions();
+  options.max_batch_rows = 2;
+  options.max_queue_delay = std::chrono::hours(1);  // never reached
+  Batcher batcher(options);
+  for (int id = 1; id <= 4; ++id) ASSERT_TRUE(Schedule(batcher, Task(id, "a", &log)).ok());
+  log.WaitDone(4);
+  absl::MutexLock lock(&log.mu);
+  EXPECT_THAT(log.launches, ElementsAre(ElementsAre(1, 2), ElementsAre(3, 4)));
+}
+
+TEST(Batcher, AnInlineTaskOfAnIdleKeyRunsOnTheSchedulingThread) {
+  Log log;
+  Batcher batcher(TestOptions());
+  auto task = Task(1, "a", &log);
+  task->Inline();
+  ASSERT_TRUE(Schedule(batcher, std::move(task)).ok());
+  // Done already ran, here: no worker was involved.
+  absl::MutexLock lock(&log.mu);
+  EXPECT_EQ(log.done.count(1), 1u);
+}
+
+TEST(Batcher, ShutdownLaunchesWhatIsQueuedAndThenRefuses) {
+  Log log;
+  Batcher::Options options = TestOptions();
+  options.max_queue_delay = std::chrono::hours(1);
+  Batcher batcher(options);
+  ASSERT_TRUE(Schedule(batcher, Task(1, "a", &log)).ok());
+  batcher.Shutdown();
+  {
+    absl::MutexLock lock(&log.mu);
+    EXPECT_TRUE(log.done[1].ok());
+  }
+  EXPECT_EQ(Schedule(batcher, Task(2, "a", &log)).code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace accel::server
