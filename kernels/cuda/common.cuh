@@ -141,6 +141,62 @@ __device__ __forceinline__ void StoreVec(T* p, const Vec<T, N>& v) {
   *reinterpret_cast<Vec<T, N>*>(p) = v;
 }
 
+// A 16-byte vector of T kept as four 32-bit words (the row kernels hold
+// whole rows this way): elements are converted from, and packed into, the
+// words directly, so a row of 16-bit values costs one register per two
+// elements. (Held as Vec<__nv_bfloat16, 8>, ptxas gave each element its own
+// register and the 16-chunk bf16 row kernels spilled.)
+__device__ __forceinline__ uint32_t WordOf(const uint4& v, int i) {
+  return i == 0 ? v.x : (i == 1 ? v.y : (i == 2 ? v.z : v.w));
+}
+__device__ __forceinline__ void SetWord(uint4& v, int i, uint32_t w) {
+  if (i == 0) v.x = w;
+  if (i == 1) v.y = w;
+  if (i == 2) v.z = w;
+  if (i == 3) v.w = w;
+}
+
+// Element j (0 <= j < kVecOf<T>, a compile-time index once unrolled) as fp32.
+template <typename T>
+__device__ __forceinline__ float ElemOf(const uint4& v, int j) {
+  if constexpr (std::is_same_v<T, float>) {
+    return __uint_as_float(WordOf(v, j));
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    const uint32_t w = WordOf(v, j / 2);
+    return __uint_as_float(j % 2 == 0 ? w << 16 : w & 0xffff0000u);
+  } else {
+    const uint32_t w = WordOf(v, j / 2);
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(j % 2 == 0 ? w : w >> 16)));
+  }
+}
+
+// Word i of a vector of T from its elements' fp32 values e (kVecOf<T> of
+// them), each rounded to nearest even: the bits FromFloat<T> gives.
+template <typename T, typename F>
+__device__ __forceinline__ uint32_t PackWord(int i, F e) {
+  if constexpr (std::is_same_v<T, float>) {
+    return __float_as_uint(e(i));
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(e(2 * i), e(2 * i + 1));
+    return *reinterpret_cast<const uint32_t*>(&h);
+  } else {
+    const __half2 h = __floats2half2_rn(e(2 * i), e(2 * i + 1));
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+}
+
+// A vector of T whose element j is e(j) rounded to T.
+template <typename T, typename F>
+__device__ __forceinline__ uint4 PackVec(F e) {
+  uint4 v;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) SetWord(v, i, PackWord<T>(i, e));
+  return v;
+}
+
+__device__ __forceinline__ uint4 LoadWords(const void* p) { return *static_cast<const uint4*>(p); }
+__device__ __forceinline__ void StoreWords(void* p, const uint4& v) { *static_cast<uint4*>(p) = v; }
+
 // A chunk of up to N elements at p: one vector access when `vector` (the
 // caller checked alignment) and the chunk is whole, else element by element
 // with the missing elements read as zero. Both ways give the same values, so
@@ -306,6 +362,34 @@ __device__ __forceinline__ void FlatLoop(const FlatPlan& plan, VecOp vec_op, Sca
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   for (int64_t v = tid; v < plan.nvec; v += stride) vec_op(plan.prefix + v * kVec);
+  const int64_t body_end = plan.prefix + plan.nvec * kVec;
+  for (int64_t j = tid; j < plan.scalars(); j += stride) {
+    scalar_op(j < plan.prefix ? j : body_end + (j - plan.prefix));
+  }
+}
+
+// FlatLoop with two vectors per thread per step (v and v + stride): both
+// vectors' loads (load_op) are issued before either is computed and stored
+// (store_op), so each thread keeps twice the bytes in flight; a lone
+// remaining vector and the scalars go as in FlatLoop. load_op(i) returns
+// whatever store_op(i, loaded) needs.
+template <int kVec, typename LoadOp, typename StoreOp, typename ScalarOp>
+__device__ __forceinline__ void FlatLoop2(const FlatPlan& plan, LoadOp load_op, StoreOp store_op,
+                                          ScalarOp scalar_op) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  int64_t v = tid;
+  for (; v + stride < plan.nvec; v += 2 * stride) {
+    const int64_t i0 = plan.prefix + v * kVec, i1 = plan.prefix + (v + stride) * kVec;
+    const auto x0 = load_op(i0);
+    const auto x1 = load_op(i1);
+    store_op(i0, x0);
+    store_op(i1, x1);
+  }
+  if (v < plan.nvec) {
+    const int64_t i0 = plan.prefix + v * kVec;
+    store_op(i0, load_op(i0));
+  }
   const int64_t body_end = plan.prefix + plan.nvec * kVec;
   for (int64_t j = tid; j < plan.scalars(); j += stride) {
     scalar_op(j < plan.prefix ? j : body_end + (j - plan.prefix));

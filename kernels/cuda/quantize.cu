@@ -1,10 +1,12 @@
 // Symmetric int8 quantization on the GPU: Quantize (per row, per tensor),
 // Dequantize and the QuantizationError statistics (launch.h).
 //
-// Quantize per row: one block per row and ONE pass over DRAM: the row is
-// loaded into registers (<= 512 chunks) or shared memory (wider rows up to
-// the opt-in limit), its absmax reduced over the block, and q written from
-// the on-chip copy; rows wider still re-read the row (two-pass kernel).
+// Quantize per row: ONE pass over DRAM. Rows of <= 512 chunks (4096 bf16)
+// go to one warp each, the row in registers (all loads issued before the
+// first use; absmax by a warp butterfly, no block barrier); wider rows to
+// one block each, the row in shared memory up to the opt-in limit, its
+// absmax reduced over the block, q written from the on-chip copy; rows
+// wider still re-read the row (two-pass kernel).
 // Bytes: rows * cols * (sizeof(T) + 1) + rows * 4.
 // Quantize per tensor: a memset of a 4-byte workspace, then two launches:
 // an absmax reduction (atomicMax on the float bits, one per block) and the
@@ -50,6 +52,47 @@ __device__ __forceinline__ float ScaleOf(unsigned absmax_bits) {
 __device__ __forceinline__ int8_t Quantize1(float x, float scale) {
   const int q = __float2int_rn(__fdiv_rn(x, scale));
   return static_cast<int8_t>(q < -127 ? -127 : (q > 127 ? 127 : q));
+}
+
+// x / scale rounded to nearest even, for a row whose scale lies in
+// [2^-60, 2^60] (ScaleIsTame): the same instructions as the inline fast path
+// of the IEEE division (div.rn.f32 is MUFU.RCP, a Newton step, q0 = x r, the
+// exact remainder x - scale q0 and one correction), which is correctly
+// rounded whenever the division's range check (FCHK) passes; that check
+// fails only for quotients far below 2^-20 here (|x| <= 127 scale), where
+// either result converts to the integer 0. So the int8 values are the bits
+// that __fdiv_rn gives, without its out-of-line slow path (whose call
+// clobbers registers and made the 16-chunk row kernel spill).
+__device__ __forceinline__ bool ScaleIsTame(float scale) {
+  return scale >= 0x1p-60f && scale <= 0x1p60f;
+}
+
+struct TameDivisor {
+  float s, r;
+  __device__ __forceinline__ explicit TameDivisor(float scale) : s(scale) {
+    float r0;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r0) : "f"(scale));
+    r = __fmaf_rn(r0, __fmaf_rn(-scale, r0, 1.0f), r0);
+  }
+  __device__ __forceinline__ float Div(float x) const {
+    const float q0 = __fmaf_rn(x, r, 0.0f);
+    const float rem = __fmaf_rn(-s, q0, x);
+    return __fmaf_rn(rem, r, q0);
+  }
+};
+
+__device__ __forceinline__ int8_t QuantizeTame(float x, const TameDivisor& d) {
+  const int q = __float2int_rn(d.Div(x));
+  return static_cast<int8_t>(q < -127 ? -127 : (q > 127 ? 127 : q));
+}
+
+template <typename T, int N>
+__device__ __forceinline__ Vec<int8_t, N> QuantizeVecTame(const Vec<T, N>& x,
+                                                          const TameDivisor& d) {
+  Vec<int8_t, N> q;
+#pragma unroll
+  for (int j = 0; j < N; ++j) q.v[j] = QuantizeTame(ToFloat(x.v[j]), d);
+  return q;
 }
 
 template <typename T, int N>
@@ -138,6 +181,172 @@ __global__ void __launch_bounds__(256, 4) QuantizeRowKernel(QRowArgs<T> a) {
   }
 }
 
+// Rows of up to 512 chunks: one warp per row (no block barrier), lane l
+// owns chunks l, l + 32, ...; all of a lane's loads (up to 16 x 16 bytes)
+// are issued before the first use. The absmax is order-independent, so the
+// split never changes a bit.
+constexpr int kWarpMaxChunks = 512;
+constexpr int kWarpRowsPerBlock = 4;
+constexpr int64_t kFewRows = 64;
+
+// Absmax over a row's kRowThreads threads: a warp butterfly, then for a
+// pair of warps both maxima through shared memory behind a 64-thread named
+// barrier (pair_red double-buffered by the caller).
+template <int kRowThreads>
+__device__ __forceinline__ unsigned RowMax(unsigned m, int lane, unsigned* pair_red, int pair) {
+  m = WarpMax(m);
+  if constexpr (kRowThreads == 64) {
+    if (lane % 32 == 0) pair_red[lane / 32] = m;
+    asm volatile("bar.sync %0, 64;" ::"r"(1 + pair) : "memory");
+    m = max(pair_red[0], pair_red[1]);
+  }
+  return m;
+}
+
+// Quantizes chunks lane, lane + 32, ... of a row (kItems of them) with
+// __fdiv_rn, reading them from memory: the untamed scale of a fast row, and
+// the second pass of the element-wise row. Out of line, so that its division
+// calls cost the fast path no registers.
+template <typename T, int kItems, int kRowThreads>
+__device__ __noinline__ void QuantizeWarpRowStore(const QRowArgs<T>& a, int64_t off, int64_t chunks,
+                                                  int lane, float scale) {
+  constexpr int N = kVecOf<T>;
+  const bool in_vec = AlignedTo(a.input + off, 16);
+  const bool out_vec = AlignedTo(a.values + off, N);
+#pragma unroll 1
+  for (int k = 0; k < kItems; ++k) {
+    const int64_t c = lane + static_cast<int64_t>(k) * kRowThreads;
+    const int count = ChunkCount(c, chunks, a.cols, N);
+    if (count == 0) continue;
+    const Vec<T, N> x = LoadChunk<T, N>(a.input + off + c * N, count, in_vec);
+    StoreChunk<int8_t, N>(a.values + off + c * N, QuantizeVec(x, scale), count, out_vec);
+  }
+}
+
+__device__ __forceinline__ float PostRowScale(unsigned m, int lane, int* nonfinite, float* out) {
+  const float scale = ScaleOf(m);
+  if (lane == 0) {
+    if (m >= kInfBits) *nonfinite = 1;
+    *out = scale;
+  }
+  return scale;
+}
+
+// The fast row: input 16-byte aligned, values aligned to N, cols whole
+// chunks. The row stays in registers as packed words (one DRAM read).
+template <typename T, int kItems, int kRowThreads>
+__device__ __forceinline__ void QuantizeWarpRowFast(const QRowArgs<T>& a, int64_t row,
+                                                    int64_t chunks, int lane, unsigned* pair_red,
+                                                    int pair) {
+  constexpr int N = kVecOf<T>;
+  const int64_t off = row * a.cols;
+  uint4 x[kItems];
+  bool live[kItems];
+  unsigned m = 0;
+#pragma unroll
+  for (int k = 0; k < kItems; ++k) {
+    const int64_t c = lane + static_cast<int64_t>(k) * kRowThreads;
+    live[k] = c < chunks;
+    x[k] = live[k] ? LoadWords(a.input + off + c * N) : make_uint4(0, 0, 0, 0);
+  }
+#pragma unroll
+  for (int k = 0; k < kItems; ++k) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) m = max(m, AbsBits(ElemOf<T>(x[k], j)));
+  }
+  m = RowMax<kRowThreads>(m, lane, pair_red, pair);
+  const float scale = PostRowScale(m, lane, a.nonfinite, a.scales + row);
+  if (!ScaleIsTame(scale)) {  // uniform across the warp
+    QuantizeWarpRowStore<T, kItems, kRowThreads>(a, off, chunks, lane, scale);
+    return;
+  }
+  const TameDivisor d(scale);
+#pragma unroll
+  for (int k = 0; k < kItems; ++k) {
+    const int64_t c = lane + static_cast<int64_t>(k) * kRowThreads;
+    if (live[k]) {
+      Vec<int8_t, N> q;
+#pragma unroll
+      for (int j = 0; j < N; ++j) q.v[j] = QuantizeTame(ElemOf<T>(x[k], j), d);
+      StoreVec<int8_t, N>(a.values + off + c * N, q);
+    }
+  }
+}
+
+// Any other row: element-wise, absmax pass then the quantizing pass.
+template <typename T, int kItems, int kRowThreads>
+__device__ __noinline__ void QuantizeWarpRowSlow(const QRowArgs<T>& a, int64_t row, int64_t chunks,
+                                                 int lane, unsigned* pair_red, int pair) {
+  constexpr int N = kVecOf<T>;
+  const int64_t off = row * a.cols;
+  unsigned m = 0;
+#pragma unroll 1
+  for (int k = 0; k < kItems; ++k) {
+    const int64_t c = lane + static_cast<int64_t>(k) * kRowThreads;
+    const int count = ChunkCount(c, chunks, a.cols, N);
+    if (count > 0) m = AbsMaxOf(LoadChunk<T, N>(a.input + off + c * N, count, false), m);
+  }
+  m = RowMax<kRowThreads>(m, lane, pair_red, pair);
+  const float scale = PostRowScale(m, lane, a.nonfinite, a.scales + row);
+  QuantizeWarpRowStore<T, kItems, kRowThreads>(a, off, chunks, lane, scale);
+}
+
+// A warp (kRowThreads 32) or a pair of warps (64: mid-sized batches, for
+// more, shorter pieces of work per SM) per row; kWarpRowsPerBlock warps.
+template <typename T, int kItems, int kRowThreads>
+__global__ void __launch_bounds__(kWarpRowsPerBlock * 32, kItems >= 8 ? 4 : 8)
+    QuantizeWarpKernel(QRowArgs<T> a) {
+  constexpr int N = kVecOf<T>;
+  __shared__ unsigned pair_red[2][kWarpRowsPerBlock];
+  const int lane = threadIdx.x % kRowThreads;
+  const int slot = threadIdx.x / kRowThreads;
+  const int64_t chunks = CeilDiv(a.cols, N);
+  const bool whole = a.cols % N == 0;
+  const int64_t per_block = blockDim.x / kRowThreads;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * per_block;
+  int parity = 0;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * per_block + slot; row < a.rows;
+       row += stride, parity ^= 1) {
+    const int64_t off = row * a.cols;
+    unsigned* red = &pair_red[parity][slot * 2];
+    if (whole && AlignedTo(a.input + off, 16) && AlignedTo(a.values + off, N)) {
+      QuantizeWarpRowFast<T, kItems, kRowThreads>(a, row, chunks, lane, red, slot);
+    } else {
+      QuantizeWarpRowSlow<T, kItems, kRowThreads>(a, row, chunks, lane, red, slot);
+    }
+  }
+}
+
+template <typename T>
+cudaError_t LaunchQuantizeWarpRows(const QRowArgs<T>& a, int64_t chunks, cudaStream_t stream) {
+  // Pairs of warps for rows of more than 256 chunks in batches of up to
+  // 16K rows (4096 x 4096: 8192 half-rows rather than 4096 rows over the
+  // ~660 resident warps, shorter and better balanced); single warps beyond.
+  const int row_threads = chunks > 256 && a.rows <= 16384 ? 64 : 32;
+  const int64_t max_rows = kWarpRowsPerBlock * 32 / row_threads;
+  const int64_t per_block = a.rows < max_rows ? a.rows : max_rows;
+  const int threads = static_cast<int>(per_block * row_threads);
+  const int64_t want = CeilDiv(a.rows, per_block);
+  const unsigned blocks = static_cast<unsigned>(want < 0x7fffffff ? want : 0x7fffffff);
+  if (row_threads == 64) {
+    QuantizeWarpKernel<T, 8, 64><<<blocks, threads, 0, stream>>>(a);
+    return cudaGetLastError();
+  }
+  const int64_t items = CeilDiv(chunks, 32);
+  if (items <= 1) {
+    QuantizeWarpKernel<T, 1, 32><<<blocks, threads, 0, stream>>>(a);
+  } else if (items <= 2) {
+    QuantizeWarpKernel<T, 2, 32><<<blocks, threads, 0, stream>>>(a);
+  } else if (items <= 4) {
+    QuantizeWarpKernel<T, 4, 32><<<blocks, threads, 0, stream>>>(a);
+  } else if (items <= 8) {
+    QuantizeWarpKernel<T, 8, 32><<<blocks, threads, 0, stream>>>(a);
+  } else {
+    QuantizeWarpKernel<T, 16, 32><<<blocks, threads, 0, stream>>>(a);
+  }
+  return cudaGetLastError();
+}
+
 // Wider rows: pass 1 absmax (keeping the row in shared memory when
 // kShared), pass 2 quantizes from shared memory or re-reads the row. Two
 // chunks per step (four would exceed 64 registers).
@@ -202,6 +411,14 @@ __global__ void __launch_bounds__(512, 2) QuantizeWideKernel(QRowArgs<T> a) {
 template <typename T>
 cudaError_t LaunchQuantizeRows(const QuantizeParams& p, cudaStream_t stream) {
   QRowArgs<T> a{static_cast<const T*>(p.input), p.values, p.scales, p.nonfinite, p.rows, p.cols};
+  const int64_t chunks = CeilDiv(p.cols, kVecOf<T>);
+  // Few rows (decode-sized calls): a block per row spreads each row over up
+  // to 256 threads, shorter per-row latency than one warp's 16 chunks; many
+  // rows: a warp per row, more bytes in flight per SM. The absmax does not
+  // depend on the split, so the bits are the same either way.
+  if (chunks <= kWarpMaxChunks && p.rows > kFewRows) {
+    return LaunchQuantizeWarpRows<T>(a, chunks, stream);
+  }
   const RowConfig cfg = PickRowConfig(p.cols, kVecOf<T>, sizeof(T), MaxDynamicSmem());
   const unsigned blocks = RowBlocks(p.rows);
   switch (cfg.kind) {

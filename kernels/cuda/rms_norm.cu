@@ -1,23 +1,31 @@
 // RmsNorm on the GPU, with or without the fused residual add (LaunchRmsNorm
 // of launch.h).
 //
-// One block per row. The row is split into 16-byte chunks (8 bf16/fp16 or 4
-// fp32 elements); chunk c belongs to thread c % threads (PickRowConfig in
-// common.cuh). Up to 512 chunks (4096 bf16 columns) the row stays in
-// registers; wider rows up to the opt-in shared memory (~113K bf16 columns
-// on H100) are staged in shared memory; either way each tensor crosses DRAM
-// once: read input (+ residual), write output (+ residual_out). Rows wider
-// still take the two-pass path, which reads s a second time (mostly from
-// L2). The weight row is re-read per row but hits L1/L2.
+// RmsNorm without a residual, rows of up to 1024 chunks (16-byte chunks: 8
+// bf16/fp16 or 4 fp32 elements; 8192 bf16 columns): one warp per row (<= 512
+// chunks) or a pair of warps, the row in registers as packed words: chunk c
+// belongs to row thread c % (32 or 64), all of a thread's loads are issued
+// before the first use (up to 16 x 16 bytes), the weights follow in
+// pipelined groups, and the sum needs no block barrier (a warp butterfly,
+// plus one 64-thread named barrier for a pair). With a residual, rows of up
+// to 512 chunks take one block per row (1-2 chunks per thread in registers),
+// which measured as fast at 4096 columns and faster for 1-16 rows. Wider
+// rows take one block per row: staged in shared memory up to the opt-in
+// limit (~113K bf16 columns on H100), else the two-pass path, which reads s
+// a second time (mostly from L2). Either way each tensor crosses DRAM once:
+// read input (+ residual), write output (+ residual_out). The weight row is
+// re-read per row but hits L1/L2.
 //
 // Bytes moved: rows * cols * sizeof(T) * (2; 3 with a residual; 4 with a
-// residual and residual_out) + the weight once. Launch: grid = rows (one
-// block each, grid-stride past 2^31 - 1), 32..256 threads of 1-2 chunks
-// (registers) or up to 1024 threads of 4+ chunks (shared / two-pass).
+// residual and residual_out) + the weight once. Launch: warp rows in blocks
+// of 4 warps (fewer for fewer rows), grid = rows / rows per block; block
+// rows one block each (grid-stride past 2^31 - 1), 32..256 threads of 1-2
+// chunks (registers) or up to 512 threads of 4+ chunks (shared / two-pass).
 //
 // Numerics: s = round_T(fp32(input + residual)) (exactly what is stored in
-// residual_out); the sum of squares accumulates in fp32 per thread (in chunk
-// order) and then in a fixed-order tree, so the result is deterministic and
+// residual_out); the sum of squares accumulates in fp32 per thread (block
+// rows: one chain in chunk order; warp rows: a chain per chunk, the chunk
+// sums added in chunk order) and then in a fixed-order tree, so the result is deterministic and
 // independent of the row's address (batched or not); out = round_T(s *
 // rsqrt(mean + eps) * w). rsqrtf is within 2 ulp of fp32, far inside the
 // contract's tolerances; the mean is an IEEE division.
@@ -75,7 +83,10 @@ __device__ __forceinline__ Vec<T, N> Scale(const Vec<T, N>& s, float inv, const 
   return o;
 }
 
-// One row in registers: kItems (1 or 2) chunks per thread. kFast: every
+// RmsNorm+residual rows of up to 512 chunks: one block per row, the row in
+// registers, kItems (1 or 2) chunks per thread. (The warp-per-row kernel
+// below measured no faster with a residual at 4096 columns and slower for
+// 1-16 rows: 4.0-4.8 us against 3.2; so the residual keeps this one.) kFast: every
 // pointer of the row is 16-byte aligned and cols is a whole number of
 // chunks, so every access is one vector; otherwise chunks may move element
 // by element (the same values, so the same result bits). All loads (input,
@@ -157,6 +168,280 @@ __global__ void __launch_bounds__(256, 4) RmsNormRowKernel(RmsArgs<T> a) {
       RmsNormRow<T, kItems, kResidual, false>(a, off, chunks, red);
     }
   }
+}
+
+// Rows of up to kWarpMaxChunks chunks (4096 bf16 / 2048 fp32 columns): one
+// warp per row, no block barrier. Lane l owns chunks l, l + 32, ... (kItems
+// per lane, a power of two: the split depends only on cols, so a row's bits
+// never depend on where it lives). All of a lane's input (and residual)
+// loads are issued before any is used: up to 256 bytes per lane, 8 KB per
+// warp in flight, against the block kernel's 32 bytes per thread. The
+// weights are read after the reduction, chunk by chunk (L1/L2 hits).
+constexpr int kWarpMaxChunks = 512;
+constexpr int kWarpRowsPerBlock = 4;
+
+// Sum of a row's partial sums over its kRowThreads threads: a warp
+// butterfly, then for two warps per row the two warp sums in warp order
+// (each posts its sum, a 64-thread named barrier, both add; pair_red is
+// double-buffered by the caller, so the next row's post never overwrites an
+// unread sum).
+template <int kRowThreads>
+__device__ __forceinline__ float RowSum(float ss, int lane, float* pair_red, int pair) {
+  ss = WarpSum(ss);
+  if constexpr (kRowThreads == 64) {
+    if (lane % 32 == 0) pair_red[lane / 32] = ss;
+    asm volatile("bar.sync %0, 64;" ::"r"(1 + pair) : "memory");
+    ss = pair_red[0] + pair_red[1];
+  }
+  return ss;
+}
+
+// The fast row: every pointer 16-byte aligned and cols whole chunks. The
+// row is held as packed words (uint4); the arithmetic is element for element
+// that of AddResidual / SumSquares / Scale, so the bits are the slow path's.
+template <typename T, typename W, int kItems, int kRowThreads, bool kResidual, bool kPreload>
+__device__ __forceinline__ void RmsNormWarpRowFast(const RmsArgs<T>& a, int64_t off, int64_t chunks,
+                                                   int lane, float* pair_red, int pair) {
+  constexpr int N = kVecOf<T>;
+  bool live[kItems];
+#pragma unroll
+  for (int k = 0; k < kItems; ++k) live[k] = lane + static_cast<int64_t>(k) * kRowThreads < chunks;
+  auto elem = [&](int k) { return (lane + static_cast<int64_t>(k) * kRowThreads) * N; };
+  uint4 s[kItems];
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  if constexpr (kResidual) {
+    // Groups of 4 chunks: the residual of a group is added as soon as it
+    // lands, so input and residual never need 2 x 64 data registers.
+    constexpr int kGroup = kItems < 4 ? kItems : 4;
+#pragma unroll
+    for (int g = 0; g < kItems; g += kGroup) {
+      uint4 r[kGroup];
+#pragma unroll
+      for (int k = 0; k < kGroup; ++k) {
+        s[g + k] = live[g + k] ? LoadWords(a.input + off + elem(g + k)) : zero;
+      }
+#pragma unroll
+      for (int k = 0; k < kGroup; ++k) {
+        r[k] = live[g + k] ? LoadWords(a.residual + off + elem(g + k)) : zero;
+      }
+#pragma unroll
+      for (int k = 0; k < kGroup; ++k) {
+        const uint4 x = s[g + k];
+        s[g + k] =
+            PackVec<T>([&](int j) { return __fadd_rn(ElemOf<T>(x, j), ElemOf<T>(r[k], j)); });
+      }
+      if (a.residual_out != nullptr) {
+#pragma unroll
+        for (int k = 0; k < kGroup; ++k) {
+          if (live[g + k]) StoreWords(a.residual_out + off + elem(g + k), s[g + k]);
+        }
+      }
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) s[k] = live[k] ? LoadWords(a.input + off + elem(k)) : zero;
+  }
+  // Sum of squares: each chunk's own fused chain from 0, the chunk sums
+  // added in chunk order (ChunkSquares): chains of N + kItems dependent
+  // operations rather than N * kItems.
+  float ss = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kItems; ++k) {
+    float part = 0.0f;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const float f = ElemOf<T>(s[k], j);
+      part = fmaf(f, f, part);
+    }
+    ss += part;
+  }
+  if constexpr (std::is_void_v<W>) {
+    // Weights of another width than T: chunk by chunk through the runtime
+    // switch (a correctness path; the served models use one width).
+    ss = RowSum<kRowThreads>(ss, lane, pair_red, pair);
+    const float inv = rsqrtf(__fdiv_rn(ss, static_cast<float>(a.cols)) + a.eps);
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) {
+      if (live[k]) {
+        float w[N];
+        LoadWeights<N>(a.weight, a.weight_dtype, elem(k), N, true, w);
+        const uint4 x = s[k];
+        StoreWords(a.output + off + elem(k),
+                   PackVec<T>([&](int j) { return ElemOf<T>(x, j) * inv * w[j]; }));
+      }
+    }
+  } else {
+    // Weights of T's width (16 bytes a chunk, held as words), in groups of
+    // 4 chunks: the next group's loads issued before this group's math and
+    // the first group's before the reduction, so a row waits a few L1/L2
+    // latencies rather than one per chunk (with the runtime weight-type
+    // switch per chunk they were serialised: 1-row calls took 6 us).
+    static_assert(sizeof(W) == sizeof(T), "16 bytes of weights per chunk");
+    // kPreload (calls of few rows): every weight load before the reduction.
+    constexpr int kWG = kPreload || kItems < 4 ? kItems : 4;
+    const W* wrow = static_cast<const W*>(a.weight);
+    uint4 wv[kItems];
+#pragma unroll
+    for (int k = 0; k < kWG; ++k) wv[k] = live[k] ? LoadWords(wrow + elem(k)) : zero;
+    ss = RowSum<kRowThreads>(ss, lane, pair_red, pair);
+    const float inv = rsqrtf(__fdiv_rn(ss, static_cast<float>(a.cols)) + a.eps);
+#pragma unroll
+    for (int g = 0; g < kItems; g += kWG) {
+      if (g + kWG < kItems) {
+#pragma unroll
+        for (int k = g + kWG; k < g + 2 * kWG; ++k) {
+          wv[k] = live[k] ? LoadWords(wrow + elem(k)) : zero;
+        }
+      }
+#pragma unroll
+      for (int k = g; k < g + kWG; ++k) {
+        if (live[k]) {
+          const uint4 x = s[k], w = wv[k];
+          StoreWords(a.output + off + elem(k),
+                     PackVec<T>([&](int j) { return ElemOf<T>(x, j) * inv * ElemOf<W>(w, j); }));
+        }
+      }
+    }
+  }
+}
+
+// Any other row (misaligned pointers, a partial last chunk): the same chunk
+// split and the same order of the sum, so the same bits, but element-wise
+// and in two passes rather than with the row in registers (it is the rare
+// path; unrolling it was slow to compile and heavy on registers). Pass 2
+// takes s from residual_out when it was written (it may alias residual),
+// else recomputes it; each chunk stays with one thread, so in-place use is
+// safe.
+template <typename T, int kItems, int kRowThreads, bool kResidual>
+__device__ __noinline__ void RmsNormWarpRowSlow(const RmsArgs<T>& a, int64_t off, int64_t chunks,
+                                                int lane, float* pair_red, int pair) {
+  constexpr int N = kVecOf<T>;
+  auto form = [&](int64_t c, int count) {
+    Vec<T, N> s = LoadChunk<T, N>(a.input + off + c * N, count, false);
+    if constexpr (kResidual) {
+      AddResidual(s, LoadChunk<T, N>(a.residual + off + c * N, count, false));
+    }
+    return s;
+  };
+  float ss = 0.0f;
+#pragma unroll 1
+  for (int k = 0; k < kItems; ++k) {
+    const int64_t c = lane + static_cast<int64_t>(k) * kRowThreads;
+    const int count = ChunkCount(c, chunks, a.cols, N);
+    if (count == 0) continue;  // a missing chunk adds +0 to the sum
+    const Vec<T, N> s = form(c, count);
+    if (kResidual && a.residual_out != nullptr) {
+      StoreChunk<T, N>(a.residual_out + off + c * N, s, count, false);
+    }
+    ss += SumSquares(s, 0.0f);  // the fast path's order: chunk sums, in chunk order
+  }
+  ss = RowSum<kRowThreads>(ss, lane, pair_red, pair);
+  const float inv = rsqrtf(__fdiv_rn(ss, static_cast<float>(a.cols)) + a.eps);
+#pragma unroll 1
+  for (int k = 0; k < kItems; ++k) {
+    const int64_t c = lane + static_cast<int64_t>(k) * kRowThreads;
+    const int count = ChunkCount(c, chunks, a.cols, N);
+    if (count == 0) continue;
+    const Vec<T, N> s = kResidual && a.residual_out != nullptr
+                            ? LoadChunk<T, N>(a.residual_out + off + c * N, count, false)
+                            : form(c, count);
+    float w[N];
+    LoadWeights<N>(a.weight, a.weight_dtype, c * N, count, false, w);
+    StoreChunk<T, N>(a.output + off + c * N, Scale(s, inv, w), count, false);
+  }
+}
+
+// kWarpRowsPerBlock warps per block, a row to each warp (kRowThreads 32)
+// or to each pair of warps (64, rows of 513..1024 chunks); 128-register cap
+// at 16 items (4 blocks = 16 warps, 128 KB of loads in flight per SM),
+// tighter below.
+template <typename T, int kItems, int kRowThreads, bool kResidual, bool kPreload>
+__global__ void __launch_bounds__(kWarpRowsPerBlock * 32, kPreload ? 1 : (kItems >= 8 ? 4 : 8))
+    RmsNormWarpKernel(RmsArgs<T> a) {
+  constexpr int N = kVecOf<T>;
+  __shared__ float pair_red[2][kWarpRowsPerBlock];
+  const int lane = threadIdx.x % kRowThreads;
+  const int slot = threadIdx.x / kRowThreads;  // row slot in the block
+  const int64_t chunks = CeilDiv(a.cols, N);
+  const bool whole = a.cols % N == 0 && a.weight_vector;
+  const int64_t per_block = blockDim.x / kRowThreads;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * per_block;
+  int parity = 0;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * per_block + slot; row < a.rows;
+       row += stride, parity ^= 1) {
+    const int64_t off = row * a.cols;
+    float* red = &pair_red[parity][slot * 2];
+    bool fast = whole && Aligned16(a.input + off) && Aligned16(a.output + off);
+    if constexpr (kResidual) {
+      fast = fast && Aligned16(a.residual + off) &&
+             (a.residual_out == nullptr || Aligned16(a.residual_out + off));
+    }
+    if (fast) {
+      // The weight type is uniform: one switch per row, not per chunk.
+      if constexpr (sizeof(T) == 2) {
+        if (a.weight_dtype == ElemType::kBF16) {
+          RmsNormWarpRowFast<T, __nv_bfloat16, kItems, kRowThreads, kResidual, kPreload>(
+              a, off, chunks, lane, red, slot);
+        } else if (a.weight_dtype == ElemType::kF16) {
+          RmsNormWarpRowFast<T, __half, kItems, kRowThreads, kResidual, kPreload>(a, off, chunks,
+                                                                                  lane, red, slot);
+        } else {
+          RmsNormWarpRowFast<T, void, kItems, kRowThreads, kResidual, kPreload>(a, off, chunks,
+                                                                                lane, red, slot);
+        }
+      } else {
+        if (a.weight_dtype == ElemType::kF32) {
+          RmsNormWarpRowFast<T, float, kItems, kRowThreads, kResidual, kPreload>(a, off, chunks,
+                                                                                 lane, red, slot);
+        } else {
+          RmsNormWarpRowFast<T, void, kItems, kRowThreads, kResidual, kPreload>(a, off, chunks,
+                                                                                lane, red, slot);
+        }
+      }
+    } else {
+      RmsNormWarpRowSlow<T, kItems, kRowThreads, kResidual>(a, off, chunks, lane, red, slot);
+    }
+  }
+}
+
+template <typename T, bool kPreload>
+cudaError_t LaunchWarpRowsP(const RmsArgs<T>& a, int64_t chunks, unsigned blocks, int threads,
+                            cudaStream_t stream) {
+  if (chunks > kWarpMaxChunks) {
+    RmsNormWarpKernel<T, 16, 64, false, kPreload><<<blocks, threads, 0, stream>>>(a);
+    return cudaGetLastError();
+  }
+  const int64_t items = CeilDiv(chunks, 32);
+  if (items <= 1) {
+    RmsNormWarpKernel<T, 1, 32, false, kPreload><<<blocks, threads, 0, stream>>>(a);
+  } else if (items <= 2) {
+    RmsNormWarpKernel<T, 2, 32, false, kPreload><<<blocks, threads, 0, stream>>>(a);
+  } else if (items <= 4) {
+    RmsNormWarpKernel<T, 4, 32, false, kPreload><<<blocks, threads, 0, stream>>>(a);
+  } else if (items <= 8) {
+    RmsNormWarpKernel<T, 8, 32, false, kPreload><<<blocks, threads, 0, stream>>>(a);
+  } else {
+    RmsNormWarpKernel<T, 16, 32, false, kPreload><<<blocks, threads, 0, stream>>>(a);
+  }
+  return cudaGetLastError();
+}
+
+// RmsNorm without a residual, rows of up to 1024 chunks. Few rows (decode
+// calls): the variant that loads every weight before the reduction (more
+// registers, one block per SM's worth is all there is anyway). The chunk
+// split and the order of the sum are the same in both, so the bits are.
+constexpr int64_t kFewRows = 64;
+
+template <typename T>
+cudaError_t LaunchWarpRows(const RmsArgs<T>& a, int64_t chunks, cudaStream_t stream) {
+  const int row_threads = chunks > kWarpMaxChunks ? 64 : 32;
+  const int64_t max_rows = kWarpRowsPerBlock * 32 / row_threads;
+  const int64_t per_block = a.rows < max_rows ? a.rows : max_rows;
+  const int threads = static_cast<int>(per_block * row_threads);
+  const int64_t want = CeilDiv(a.rows, per_block);
+  const unsigned blocks = static_cast<unsigned>(want < 0x7fffffff ? want : 0x7fffffff);
+  return a.rows <= kFewRows ? LaunchWarpRowsP<T, true>(a, chunks, blocks, threads, stream)
+                            : LaunchWarpRowsP<T, false>(a, chunks, blocks, threads, stream);
 }
 
 // Rows too wide for registers. Pass 1 forms s, stores residual_out, keeps s
@@ -280,6 +565,8 @@ __global__ void __launch_bounds__(512, 2) RmsNormWideKernel(RmsArgs<T> a) {
 
 template <typename T, bool kResidual>
 cudaError_t LaunchRows(const RmsArgs<T>& a, cudaStream_t stream) {
+  const int64_t chunks = CeilDiv(a.cols, kVecOf<T>);
+  if (!kResidual && chunks <= 2 * kWarpMaxChunks) return LaunchWarpRows<T>(a, chunks, stream);
   const RowConfig cfg = PickRowConfig(a.cols, kVecOf<T>, sizeof(T), MaxDynamicSmem());
   const unsigned blocks = RowBlocks(a.rows);
   switch (cfg.kind) {

@@ -44,8 +44,19 @@ struct RopeArgs {
 
 // kVector: E = 16 / sizeof(T) elements per access. Otherwise E = 2
 // (INTERLEAVED: one pair) or 1 (HALF_SPLIT: one pair, split), scalar.
+// Register cap: the bf16 vector variants needed 88 (interleaved) and 128
+// (half split) registers, i.e. 3 blocks of 224 / 160 threads per SM, and
+// ran at 0.58 / 0.70 of copy against fp16's 0.86 at 72 registers. At 72
+// (interleaved) and 96 (half split) 4 blocks fit, with more heads in
+// flight per SM.
+template <bool kHalfSplit, bool kVector>
+constexpr int RopeMaxRegs() {
+  return kVector ? (kHalfSplit ? 96 : 72) : 64;
+}
+
 template <typename T, bool kHalfSplit, bool kVector>
-__global__ void __launch_bounds__(256, 2) RopeKernel(RopeArgs a) {
+__global__ void __launch_bounds__(256) __maxnreg__((RopeMaxRegs<kHalfSplit, kVector>()))
+    RopeKernel(RopeArgs a) {
   constexpr int E = kVector ? kVecOf<T> : (kHalfSplit ? 1 : 2);  // elements per access
   constexpr int P = kHalfSplit ? E : E / 2;                      // pairs per chunk
   constexpr int kHeadsInFlight = 4;
@@ -77,41 +88,86 @@ __global__ void __launch_bounds__(256, 2) RopeKernel(RopeArgs a) {
       // Element offsets of the chunk in a head row.
       const int64_t e1 = kHalfSplit ? i0 : i0 * 2;
       const int64_t e2 = i0 + a.half;  // HALF_SPLIT partners
-      for (int64_t h0 = group; h0 < heads; h0 += int64_t{kHeadsInFlight} * a.head_groups) {
-        Vec<T, E> x1[kHeadsInFlight], x2[kHeadsInFlight];
-        int64_t row[kHeadsInFlight];
+      if constexpr (kVector) {
+        // Whole 16-byte chunks held as packed words (ElemOf / PackVec):
+        // one register per two 16-bit elements (as Vec<__nv_bfloat16, 8>
+        // ptxas gave each element a register: 88-128 registers against
+        // fp16's 72-105, and fewer heads in flight).
+        for (int64_t h0 = group; h0 < heads; h0 += int64_t{kHeadsInFlight} * a.head_groups) {
+          uint4 x1[kHeadsInFlight], x2[kHeadsInFlight];
+          int64_t row[kHeadsInFlight];
 #pragma unroll
-        for (int u = 0; u < kHeadsInFlight; ++u) {
-          const int64_t h = h0 + int64_t{u} * a.head_groups;
-          if (h >= heads) continue;
-          row[u] = h < a.hq ? (t * a.hq + h) * a.d : (t * a.hk + (h - a.hq)) * a.d;
-          const T* src = h < a.hq ? q : k;
-          x1[u] = LoadChunk<T, E>(src + row[u] + e1, E, kVector);
-          if constexpr (kHalfSplit) x2[u] = LoadChunk<T, E>(src + row[u] + e2, E, kVector);
+          for (int u = 0; u < kHeadsInFlight; ++u) {
+            const int64_t h = h0 + int64_t{u} * a.head_groups;
+            if (h >= heads) continue;
+            row[u] = h < a.hq ? (t * a.hq + h) * a.d : (t * a.hk + (h - a.hq)) * a.d;
+            const T* src = h < a.hq ? q : k;
+            x1[u] = LoadWords(src + row[u] + e1);
+            if constexpr (kHalfSplit) x2[u] = LoadWords(src + row[u] + e2);
+          }
+#pragma unroll
+          for (int u = 0; u < kHeadsInFlight; ++u) {
+            const int64_t h = h0 + int64_t{u} * a.head_groups;
+            if (h >= heads) continue;
+            T* dst = h < a.hq ? qo : ko;
+            const uint4 v1 = x1[u];
+            if constexpr (kHalfSplit) {
+              const uint4 v2 = x2[u];
+              StoreWords(dst + row[u] + e1, PackVec<T>([&](int j) {
+                           const float x = ElemOf<T>(v1, j), y = ElemOf<T>(v2, j);
+                           return x * cs.v[j] - y * sn.v[j];
+                         }));
+              StoreWords(dst + row[u] + e2, PackVec<T>([&](int j) {
+                           const float x = ElemOf<T>(v1, j), y = ElemOf<T>(v2, j);
+                           return x * sn.v[j] + y * cs.v[j];
+                         }));
+            } else {
+              StoreWords(dst + row[u] + e1, PackVec<T>([&](int j) {
+                           const int p = j / 2;
+                           const float x = ElemOf<T>(v1, 2 * p), y = ElemOf<T>(v1, 2 * p + 1);
+                           return j % 2 == 0 ? x * cs.v[p] - y * sn.v[p]
+                                             : x * sn.v[p] + y * cs.v[p];
+                         }));
+            }
+          }
         }
+      } else {
+        for (int64_t h0 = group; h0 < heads; h0 += int64_t{kHeadsInFlight} * a.head_groups) {
+          Vec<T, E> x1[kHeadsInFlight], x2[kHeadsInFlight];
+          int64_t row[kHeadsInFlight];
 #pragma unroll
-        for (int u = 0; u < kHeadsInFlight; ++u) {
-          const int64_t h = h0 + int64_t{u} * a.head_groups;
-          if (h >= heads) continue;
-          T* dst = h < a.hq ? qo : ko;
-          Vec<T, E> y1, y2;
-          if constexpr (kHalfSplit) {
+          for (int u = 0; u < kHeadsInFlight; ++u) {
+            const int64_t h = h0 + int64_t{u} * a.head_groups;
+            if (h >= heads) continue;
+            row[u] = h < a.hq ? (t * a.hq + h) * a.d : (t * a.hk + (h - a.hq)) * a.d;
+            const T* src = h < a.hq ? q : k;
+            x1[u] = LoadChunk<T, E>(src + row[u] + e1, E, kVector);
+            if constexpr (kHalfSplit) x2[u] = LoadChunk<T, E>(src + row[u] + e2, E, kVector);
+          }
 #pragma unroll
-            for (int j = 0; j < P; ++j) {
-              const float x = ToFloat(x1[u].v[j]), y = ToFloat(x2[u].v[j]);
-              y1.v[j] = FromFloat<T>(x * cs.v[j] - y * sn.v[j]);
-              y2.v[j] = FromFloat<T>(x * sn.v[j] + y * cs.v[j]);
+          for (int u = 0; u < kHeadsInFlight; ++u) {
+            const int64_t h = h0 + int64_t{u} * a.head_groups;
+            if (h >= heads) continue;
+            T* dst = h < a.hq ? qo : ko;
+            Vec<T, E> y1, y2;
+            if constexpr (kHalfSplit) {
+#pragma unroll
+              for (int j = 0; j < P; ++j) {
+                const float x = ToFloat(x1[u].v[j]), y = ToFloat(x2[u].v[j]);
+                y1.v[j] = FromFloat<T>(x * cs.v[j] - y * sn.v[j]);
+                y2.v[j] = FromFloat<T>(x * sn.v[j] + y * cs.v[j]);
+              }
+              StoreChunk<T, E>(dst + row[u] + e1, y1, E, kVector);
+              StoreChunk<T, E>(dst + row[u] + e2, y2, E, kVector);
+            } else {
+#pragma unroll
+              for (int j = 0; j < P; ++j) {
+                const float x = ToFloat(x1[u].v[2 * j]), y = ToFloat(x1[u].v[2 * j + 1]);
+                y1.v[2 * j] = FromFloat<T>(x * cs.v[j] - y * sn.v[j]);
+                y1.v[2 * j + 1] = FromFloat<T>(x * sn.v[j] + y * cs.v[j]);
+              }
+              StoreChunk<T, E>(dst + row[u] + e1, y1, E, kVector);
             }
-            StoreChunk<T, E>(dst + row[u] + e1, y1, E, kVector);
-            StoreChunk<T, E>(dst + row[u] + e2, y2, E, kVector);
-          } else {
-#pragma unroll
-            for (int j = 0; j < P; ++j) {
-              const float x = ToFloat(x1[u].v[2 * j]), y = ToFloat(x1[u].v[2 * j + 1]);
-              y1.v[2 * j] = FromFloat<T>(x * cs.v[j] - y * sn.v[j]);
-              y1.v[2 * j + 1] = FromFloat<T>(x * sn.v[j] + y * cs.v[j]);
-            }
-            StoreChunk<T, E>(dst + row[u] + e1, y1, E, kVector);
           }
         }
       }

@@ -22,15 +22,19 @@ template <typename T>
 __global__ void __launch_bounds__(kFlatThreads)
     SwiGluKernel(const T* gate, const T* up, T* out, FlatPlan plan) {
   constexpr int N = kVecOf<T>;
-  FlatLoop<N>(
+  struct In {
+    Vec<T, N> g, u;
+  };
+  FlatLoop2<N>(
       plan,
       [&](int64_t i) {
-        const Vec<T, N> g = LoadVec<T, N>(gate + i);
-        const Vec<T, N> u = LoadVec<T, N>(up + i);
+        return In{LoadVec<T, N>(gate + i), LoadVec<T, N>(up + i)};
+      },
+      [&](int64_t i, const In& x) {
         Vec<T, N> o;
 #pragma unroll
         for (int j = 0; j < N; ++j)
-          o.v[j] = FromFloat<T>(SiluMul(ToFloat(g.v[j]), ToFloat(u.v[j])));
+          o.v[j] = FromFloat<T>(SiluMul(ToFloat(x.g.v[j]), ToFloat(x.u.v[j])));
         StoreVec<T, N>(out + i, o);
       },
       [&](int64_t i) { out[i] = FromFloat<T>(SiluMul(ToFloat(gate[i]), ToFloat(up[i]))); });

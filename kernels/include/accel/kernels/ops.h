@@ -92,10 +92,10 @@ absl::Status Linear(const ExecContext& ctx, const LinearArgs& args, const Tensor
 
 // -------------------------------------------------------------------- Ffn
 struct FfnArgs {
-  ConstTensorView input;  // [..., H] float
-  WeightView w_gate;      // [I, H]
-  WeightView w_up;        // [I, H]
-  WeightView w_down;      // [H, I]
+  ConstTensorView input;                        // [..., H] float
+  WeightView w_gate;                            // [I, H]
+  WeightView w_up;                              // [I, H]
+  WeightView w_down;                            // [H, I]
   std::optional<ConstTensorView> b_gate, b_up;  // [I]
   std::optional<ConstTensorView> b_down;        // [H]
 };
@@ -106,11 +106,11 @@ absl::Status Ffn(const ExecContext& ctx, const FfnArgs& args, const TensorView& 
 enum class RopeStyle { kInterleaved = 0, kHalfSplit = 1 };
 
 struct RopeArgs {
-  ConstTensorView q;                        // [B, S, Hq, D] float, D even
-  std::optional<ConstTensorView> k;         // [B, S, Hk, D], dtype of q, Hk <= Hq
-  ConstTensorView cos;                      // [P, D/2] FLOAT32
-  ConstTensorView sin;                      // [P, D/2] FLOAT32
-  int64_t position_offset = 0;              // used when positions is absent
+  ConstTensorView q;                         // [B, S, Hq, D] float, D even
+  std::optional<ConstTensorView> k;          // [B, S, Hk, D], dtype of q, Hk <= Hq
+  ConstTensorView cos;                       // [P, D/2] FLOAT32
+  ConstTensorView sin;                       // [P, D/2] FLOAT32
+  int64_t position_offset = 0;               // used when positions is absent
   std::optional<ConstTensorView> positions;  // INT32/INT64 [S] or [B, S], host memory
   RopeStyle style = RopeStyle::kInterleaved;
 };

@@ -48,30 +48,29 @@ bool IsEnabled(Severity severity);
 #define ACCEL_LOG_SEVERITY_ERROR ::accel::logging::Severity::kError
 #define ACCEL_LOG_SEVERITY_FATAL ::accel::logging::Severity::kFatal
 
-#define LOG(severity)                                                       \
-  !::accel::logging::IsEnabled(ACCEL_LOG_SEVERITY_##severity)               \
-      ? (void)0                                                             \
-      : ::accel::logging::Voidify() &                                       \
+#define LOG(severity)                                                                       \
+  !::accel::logging::IsEnabled(ACCEL_LOG_SEVERITY_##severity)                               \
+      ? (void)0                                                                             \
+      : ::accel::logging::Voidify() &                                                       \
             ::accel::logging::LogMessage(ACCEL_LOG_SEVERITY_##severity, __FILE__, __LINE__) \
                 .stream()
 
-#define LOG_EVERY_N_SEC(severity, seconds)                                          \
-  static std::atomic<int64_t> ACCEL_LOG_CONCAT_(accel_log_last_, __LINE__){0};      \
-  !::accel::logging::ShouldLogEvery(ACCEL_LOG_CONCAT_(accel_log_last_, __LINE__), \
-                                    seconds)                                        \
-      ? (void)0                                                                     \
+#define LOG_EVERY_N_SEC(severity, seconds)                                                 \
+  static std::atomic<int64_t> ACCEL_LOG_CONCAT_(accel_log_last_, __LINE__){0};             \
+  !::accel::logging::ShouldLogEvery(ACCEL_LOG_CONCAT_(accel_log_last_, __LINE__), seconds) \
+      ? (void)0                                                                            \
       : LOG(severity)
 
 #define ACCEL_LOG_CONCAT_INNER_(a, b) a##b
 #define ACCEL_LOG_CONCAT_(a, b) ACCEL_LOG_CONCAT_INNER_(a, b)
 
-#define CHECK(cond)                                                                   \
-  (cond) ? (void)0                                                                    \
-         : ::accel::logging::Voidify() &                                              \
-               ::accel::logging::LogMessage(::accel::logging::Severity::kFatal, __FILE__, \
-                                            __LINE__)                                 \
-                       .stream()                                                      \
-                   << "Check failed: " #cond " "
+#define CHECK(cond)                                                                              \
+  (cond)                                                                                         \
+      ? (void)0                                                                                  \
+      : ::accel::logging::Voidify() &                                                            \
+            ::accel::logging::LogMessage(::accel::logging::Severity::kFatal, __FILE__, __LINE__) \
+                    .stream()                                                                    \
+                << "Check failed: " #cond " "
 
 #define CHECK_OP_(a, b, op) CHECK((a)op(b)) << "(" << (a) << " vs " << (b) << ") "
 #define CHECK_EQ(a, b) CHECK_OP_(a, b, ==)
