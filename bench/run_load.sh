@@ -11,6 +11,8 @@
 #   Plus a latency-vs-concurrency sweep (1, 4, 16, 64; unary and stream;
 #   batching on and off) plotted by bench/plot_latency.py.
 #
+# Environment: ACCEL_DEVICE (default cpu; the GPU machine uses auto),
+# CONCURRENCY (default "1 4 16 64"), PLOT (default bench/load_latency.png).
 # Usage: bench/run_load.sh [BUILD_DIR (default build)] [OUT_DIR (default bench_out/load)]
 #        [DURATION_S per run (default 3)] [ROUNDS (default 2)]
 # Needs BUILD_DIR/server/accel-server and BUILD_DIR/bench/load_gen. Writes one
@@ -65,9 +67,9 @@ channels() { if [ "$1" -ge 16 ]; then echo 4; else echo 1; fi; }
 
 # Three servers, all separate processes on loopback, idle when not measured.
 server="$build/server/accel-server --grpc_address=127.0.0.1:0 --metrics_address=127.0.0.1:0"
-start batching $server --device=cpu
+start batching $server --device="${ACCEL_DEVICE:-cpu}"
 on="--target=$grpc --metrics=$metrics"
-start nobatch $server --device=cpu --batching=false
+start nobatch $server --device="${ACCEL_DEVICE:-cpu}" --batching=false
 off="--target=$grpc --metrics=$metrics"
 start echo "$build/bench/load_gen" --serve_echo
 echo_srv="--echo --echo_target=$grpc"
@@ -75,7 +77,7 @@ echo_srv="--echo --echo_target=$grpc"
 # This VM is shared and its load drifts: every comparison alternates its
 # sides, `rounds` times; table.md and the plot take the median per point.
 row="--op=rms_norm --rows=1 --width=4096 --dtype=bf16"
-for c in 1 4 16 64; do
+for c in ${CONCURRENCY:-1 4 16 64}; do
   ch=$(channels "$c")
   for r in $(seq "$rounds"); do
     base="$row --concurrency=$c --channels=$ch"
@@ -97,7 +99,7 @@ done
 # which a pyenv or venv python3 on PATH would not see.
 python=${PYTHON:-python3}
 [ -x /usr/bin/python3 ] && [ -z "${PYTHON:-}" ] && python=/usr/bin/python3
-"$python" bench/plot_latency.py --out bench/load_latency.png "$out"/*_c*_r*.json
+"$python" bench/plot_latency.py --out "${PLOT:-bench/load_latency.png}" "$out"/*_c*_r*.json
 
 "$python" - "$out" <<'PY' | tee "$out/table.md"
 import json, sys, os
@@ -142,6 +144,15 @@ row("stream vs unary, c=64", "QPS (stream / unary, ours)", f"{s['qps']:.0f}", f"
 se = r["stream_c64_echo"]
 x = s["qps"] / se["qps"]
 row("stream, c=64", "QPS vs echo stream", f"{s['qps']:.0f}", f"{se['qps']:.0f}", x, "-", True)
+s = r["unary_c64_server"]
+x = s["p99_us"] / s["p50_us"]
+row("unary tail, c=64", "p99 / p50 (ours)", f"{s['p99_us']:.0f} p99", f"{s['p50_us']:.0f} p50", x, "< 2", x < 2)
+if "unary_c256_server" in r:  # the GPU machine's goals
+    on, off = r["unary_c256_server"], r["unary_c256_nobatch"]
+    x = on["qps"] / off["qps"]
+    row("batching, c=256", "QPS on / --batching=false", f"{on['qps']:.0f}", f"{off['qps']:.0f} (off)", x, ">= 3", x >= 3)
+    rpl = on.get("rows_per_launch") or 0
+    row("batching, c=256", "mean rows per launch", f"{rpl:.1f}", "-", rpl, ">= 32", rpl >= 32)
 print()
 print("Medians over rounds (each run alternated with its pair).")
 print()

@@ -15,6 +15,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <type_traits>
 
@@ -196,6 +197,44 @@ __device__ __forceinline__ uint4 PackVec(F e) {
 
 __device__ __forceinline__ uint4 LoadWords(const void* p) { return *static_cast<const uint4*>(p); }
 __device__ __forceinline__ void StoreWords(void* p, const uint4& v) { *static_cast<uint4*>(p) = v; }
+
+// Streaming (evict-first, ld.global.cs / st.global.cs) access to an
+// aligned 4-, 8- or 16-byte value: for data that is read or written once,
+// so it does not push reused lines (weights, tables) out of L2.
+template <typename V>
+__device__ __forceinline__ V LoadStream(const void* p) {
+  static_assert(sizeof(V) == 16 || sizeof(V) == 8 || sizeof(V) == 4, "one access");
+  V v;
+  if constexpr (sizeof(V) == 16) {
+    const uint4 w = __ldcs(static_cast<const uint4*>(p));
+    memcpy(&v, &w, 16);
+  } else if constexpr (sizeof(V) == 8) {
+    const uint2 w = __ldcs(static_cast<const uint2*>(p));
+    memcpy(&v, &w, 8);
+  } else {
+    const unsigned w = __ldcs(static_cast<const unsigned*>(p));
+    memcpy(&v, &w, 4);
+  }
+  return v;
+}
+
+template <typename V>
+__device__ __forceinline__ void StoreStream(void* p, const V& v) {
+  static_assert(sizeof(V) == 16 || sizeof(V) == 8 || sizeof(V) == 4, "one access");
+  if constexpr (sizeof(V) == 16) {
+    uint4 w;
+    memcpy(&w, &v, 16);
+    __stcs(static_cast<uint4*>(p), w);
+  } else if constexpr (sizeof(V) == 8) {
+    uint2 w;
+    memcpy(&w, &v, 8);
+    __stcs(static_cast<uint2*>(p), w);
+  } else {
+    unsigned w;
+    memcpy(&w, &v, 4);
+    __stcs(static_cast<unsigned*>(p), w);
+  }
+}
 
 // A chunk of up to N elements at p: one vector access when `vector` (the
 // caller checked alignment) and the chunk is whole, else element by element

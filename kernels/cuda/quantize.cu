@@ -247,7 +247,7 @@ __device__ __forceinline__ void QuantizeWarpRowFast(const QRowArgs<T>& a, int64_
   for (int k = 0; k < kItems; ++k) {
     const int64_t c = lane + static_cast<int64_t>(k) * kRowThreads;
     live[k] = c < chunks;
-    x[k] = live[k] ? LoadWords(a.input + off + c * N) : make_uint4(0, 0, 0, 0);
+    x[k] = live[k] ? LoadStream<uint4>(a.input + off + c * N) : make_uint4(0, 0, 0, 0);
   }
 #pragma unroll
   for (int k = 0; k < kItems; ++k) {
@@ -268,7 +268,7 @@ __device__ __forceinline__ void QuantizeWarpRowFast(const QRowArgs<T>& a, int64_
       Vec<int8_t, N> q;
 #pragma unroll
       for (int j = 0; j < N; ++j) q.v[j] = QuantizeTame(ElemOf<T>(x[k], j), d);
-      StoreVec<int8_t, N>(a.values + off + c * N, q);
+      StoreStream(a.values + off + c * N, q);
     }
   }
 }
@@ -518,11 +518,11 @@ __global__ void __launch_bounds__(kFlatThreads)
       plan,
       [&](int64_t i) {
         const float s = per_row ? scales[RowOf(i, cols)] : scale0;
-        const Vec<int8_t, N> q = LoadVec<int8_t, N>(values + i);
+        const Vec<int8_t, N> q = LoadStream<Vec<int8_t, N>>(values + i);
         Vec<T, N> o;
 #pragma unroll
         for (int j = 0; j < N; ++j) o.v[j] = FromFloat<T>(__fmul_rn(static_cast<float>(q.v[j]), s));
-        StoreVec<T, N>(out + i, o);
+        StoreStream(out + i, o);
       },
       [&](int64_t i) {
         const float s = per_row ? scales[RowOf(i, cols)] : scale0;

@@ -239,7 +239,9 @@ __device__ __forceinline__ void RmsNormWarpRowFast(const RmsArgs<T>& a, int64_t 
     }
   } else {
 #pragma unroll
-    for (int k = 0; k < kItems; ++k) s[k] = live[k] ? LoadWords(a.input + off + elem(k)) : zero;
+    for (int k = 0; k < kItems; ++k) {
+      s[k] = live[k] ? LoadStream<uint4>(a.input + off + elem(k)) : zero;
+    }
   }
   // Sum of squares: each chunk's own fused chain from 0, the chunk sums
   // added in chunk order (ChunkSquares): chains of N + kItems dependent
@@ -266,8 +268,8 @@ __device__ __forceinline__ void RmsNormWarpRowFast(const RmsArgs<T>& a, int64_t 
         float w[N];
         LoadWeights<N>(a.weight, a.weight_dtype, elem(k), N, true, w);
         const uint4 x = s[k];
-        StoreWords(a.output + off + elem(k),
-                   PackVec<T>([&](int j) { return ElemOf<T>(x, j) * inv * w[j]; }));
+        StoreStream(a.output + off + elem(k),
+                    PackVec<T>([&](int j) { return ElemOf<T>(x, j) * inv * w[j]; }));
       }
     }
   } else {
@@ -297,8 +299,8 @@ __device__ __forceinline__ void RmsNormWarpRowFast(const RmsArgs<T>& a, int64_t 
       for (int k = g; k < g + kWG; ++k) {
         if (live[k]) {
           const uint4 x = s[k], w = wv[k];
-          StoreWords(a.output + off + elem(k),
-                     PackVec<T>([&](int j) { return ElemOf<T>(x, j) * inv * ElemOf<W>(w, j); }));
+          StoreStream(a.output + off + elem(k),
+                      PackVec<T>([&](int j) { return ElemOf<T>(x, j) * inv * ElemOf<W>(w, j); }));
         }
       }
     }

@@ -102,8 +102,8 @@ __global__ void __launch_bounds__(256) __maxnreg__((RopeMaxRegs<kHalfSplit, kVec
             if (h >= heads) continue;
             row[u] = h < a.hq ? (t * a.hq + h) * a.d : (t * a.hk + (h - a.hq)) * a.d;
             const T* src = h < a.hq ? q : k;
-            x1[u] = LoadWords(src + row[u] + e1);
-            if constexpr (kHalfSplit) x2[u] = LoadWords(src + row[u] + e2);
+            x1[u] = LoadStream<uint4>(src + row[u] + e1);
+            if constexpr (kHalfSplit) x2[u] = LoadStream<uint4>(src + row[u] + e2);
           }
 #pragma unroll
           for (int u = 0; u < kHeadsInFlight; ++u) {
@@ -113,21 +113,21 @@ __global__ void __launch_bounds__(256) __maxnreg__((RopeMaxRegs<kHalfSplit, kVec
             const uint4 v1 = x1[u];
             if constexpr (kHalfSplit) {
               const uint4 v2 = x2[u];
-              StoreWords(dst + row[u] + e1, PackVec<T>([&](int j) {
-                           const float x = ElemOf<T>(v1, j), y = ElemOf<T>(v2, j);
-                           return x * cs.v[j] - y * sn.v[j];
-                         }));
-              StoreWords(dst + row[u] + e2, PackVec<T>([&](int j) {
-                           const float x = ElemOf<T>(v1, j), y = ElemOf<T>(v2, j);
-                           return x * sn.v[j] + y * cs.v[j];
-                         }));
+              StoreStream(dst + row[u] + e1, PackVec<T>([&](int j) {
+                            const float x = ElemOf<T>(v1, j), y = ElemOf<T>(v2, j);
+                            return x * cs.v[j] - y * sn.v[j];
+                          }));
+              StoreStream(dst + row[u] + e2, PackVec<T>([&](int j) {
+                            const float x = ElemOf<T>(v1, j), y = ElemOf<T>(v2, j);
+                            return x * sn.v[j] + y * cs.v[j];
+                          }));
             } else {
-              StoreWords(dst + row[u] + e1, PackVec<T>([&](int j) {
-                           const int p = j / 2;
-                           const float x = ElemOf<T>(v1, 2 * p), y = ElemOf<T>(v1, 2 * p + 1);
-                           return j % 2 == 0 ? x * cs.v[p] - y * sn.v[p]
-                                             : x * sn.v[p] + y * cs.v[p];
-                         }));
+              StoreStream(dst + row[u] + e1, PackVec<T>([&](int j) {
+                            const int p = j / 2;
+                            const float x = ElemOf<T>(v1, 2 * p), y = ElemOf<T>(v1, 2 * p + 1);
+                            return j % 2 == 0 ? x * cs.v[p] - y * sn.v[p]
+                                              : x * sn.v[p] + y * cs.v[p];
+                          }));
             }
           }
         }

@@ -28,14 +28,14 @@ __global__ void __launch_bounds__(kFlatThreads)
   FlatLoop2<N>(
       plan,
       [&](int64_t i) {
-        return In{LoadVec<T, N>(gate + i), LoadVec<T, N>(up + i)};
+        return In{LoadStream<Vec<T, N>>(gate + i), LoadStream<Vec<T, N>>(up + i)};
       },
       [&](int64_t i, const In& x) {
         Vec<T, N> o;
 #pragma unroll
         for (int j = 0; j < N; ++j)
           o.v[j] = FromFloat<T>(SiluMul(ToFloat(x.g.v[j]), ToFloat(x.u.v[j])));
-        StoreVec<T, N>(out + i, o);
+        StoreStream(out + i, o);
       },
       [&](int64_t i) { out[i] = FromFloat<T>(SiluMul(ToFloat(gate[i]), ToFloat(up[i]))); });
 }
