@@ -25,16 +25,10 @@
 
 #include "server_fixture.h"
 #include "tests/server/safetensors_writer.h"
+#include "wire_util.h"
 
 namespace accel::testing {
 namespace {
-
-// The accel-server binary: $ACCEL_SERVER_BINARY when set (the GPU machine
-// runs a bundled copy), else the one this build made.
-std::string ServerBinary() {
-  const char* env = std::getenv("ACCEL_SERVER_BINARY");
-  return env != nullptr && *env != '\0' ? env : ACCEL_SERVER_BINARY;
-}
 
 using kernels::DType;
 using server::testing::BuildSafetensors;
@@ -46,32 +40,6 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 
 constexpr int kServing = 1;
-
-// grpc.health.v1.Health/Check with hand-encoded messages (Debian ships no
-// health proto headers): request {service = 1}, response {status = 1}.
-int HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const std::string& service) {
-  std::string request;
-  if (!service.empty()) {
-    request.push_back(0x0a);
-    request.push_back(static_cast<char>(service.size()));
-    request += service;
-  }
-  grpc::GenericStub stub(channel);
-  grpc::Slice slice(request);
-  grpc::ByteBuffer req(&slice, 1), resp;
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  std::promise<grpc::Status> done;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", {}, &req, &resp,
-                 [&](grpc::Status s) { done.set_value(s); });
-  grpc::Status status = done.get_future().get();
-  if (!status.ok()) return -status.error_code();
-  std::vector<grpc::Slice> slices;
-  resp.Dump(&slices);
-  std::string bytes;
-  for (auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;
-}
 
 std::string ReadFile(const std::filesystem::path& path) {
   std::ifstream in(path);
