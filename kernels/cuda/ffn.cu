@@ -4,7 +4,7 @@
 // Three LaunchLinear calls and one elementwise kernel, on one stream:
 //   gate = Linear(x, w_gate)  -> workspace, [rows, inter] in the input dtype
 //   up   = Linear(x, w_up)    -> workspace, same
-//   gate = silu(gate) * up    (fp32 math, one rounding, in place)
+//   gate = silu(gate) * up    (LaunchSwiGlu, in place)
 //   out  = Linear(gate, w_down)
 // The intermediates are rounded to the activation dtype, as vLLM and HF
 // transformers do: the down projection's cuBLAS GEMM (and our W8A16 kernel)
@@ -34,37 +34,6 @@ constexpr size_t kMaxIntermediateBytes = size_t{256} << 20;
 constexpr size_t kAlign = 256;
 
 size_t AlignUp(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
-
-// gate[i] = round(silu(gate[i]) * up[i]); gate may be written in place.
-template <typename T>
-__global__ void SiluMulKernel(T* gate, const T* __restrict__ up, FlatPlan plan) {
-  constexpr int kVec = kVecOf<T>;
-  auto f = [](float g, float u) { return g / (1.0f + expf(-g)) * u; };
-  FlatLoop<kVec>(
-      plan,
-      [&](int64_t i) {
-        const Vec<T, kVec> g = LoadVec<T, kVec>(gate + i);
-        const Vec<T, kVec> u = LoadVec<T, kVec>(up + i);
-        Vec<T, kVec> o;
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) o.v[j] = FromFloat<T>(f(ToFloat(g.v[j]), ToFloat(u.v[j])));
-        StoreVec<T, kVec>(gate + i, o);
-      },
-      [&](int64_t i) { gate[i] = FromFloat<T>(f(ToFloat(gate[i]), ToFloat(up[i]))); });
-}
-
-cudaError_t SiluMul(ElemType dtype, void* gate, const void* up, int64_t n, cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
-  return DispatchFloat(dtype, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    constexpr int kVec = kVecOf<T>;
-    const FlatPlan plan =
-        PlanFlat(n, kVec, {{gate, static_cast<int>(sizeof(T))}, {up, static_cast<int>(sizeof(T))}});
-    SiluMulKernel<T><<<FlatBlocks(plan.nvec + plan.scalars()), kFlatThreads, 0, stream>>>(
-        static_cast<T*>(gate), static_cast<const T*>(up), plan);
-    return cudaGetLastError();
-  });
-}
 
 // Rows per block of the Ffn.
 int64_t BlockRows(const FfnParams& p) {
@@ -157,7 +126,16 @@ cudaError_t LaunchFfn(const FfnParams& p, cudaStream_t stream) {
     }
     cudaError_t err = LaunchLinear(pr.gate, stream);
     if (err == cudaSuccess) err = LaunchLinear(pr.up, stream);
-    if (err == cudaSuccess) err = SiluMul(p.dtype, inter_buf, up_buf, rows * p.inter, stream);
+    if (err == cudaSuccess) {
+      // In place: SwiGlu is elementwise, so the output may alias gate.
+      SwiGluParams act;
+      act.gate = inter_buf;
+      act.up = up_buf;
+      act.output = inter_buf;
+      act.dtype = p.dtype;
+      act.n = rows * p.inter;
+      err = LaunchSwiGlu(act, stream);
+    }
     if (err == cudaSuccess) err = LaunchLinear(pr.down, stream);
     if (err != cudaSuccess) return err;
   }
