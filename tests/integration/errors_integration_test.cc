@@ -33,6 +33,30 @@ class ErrorsTest : public ServerTest {
     return req;
   }
 
+  // Stores fp32 weights g, u [inter, h] and d [h, inter] and returns an Ffn
+  // of m rows over them: slow enough on the CPU to keep a worker busy.
+  v1::FfnRequest SlowFfn(int64_t h, int64_t inter, int64_t m) {
+    EXPECT_TRUE(
+        client()
+            .Put("g", MakeFloatTensor(DType::kFloat32, {inter, h}, RandomFloats(inter * h, 1)))
+            .ok());
+    EXPECT_TRUE(
+        client()
+            .Put("u", MakeFloatTensor(DType::kFloat32, {inter, h}, RandomFloats(inter * h, 2)))
+            .ok());
+    EXPECT_TRUE(
+        client()
+            .Put("d", MakeFloatTensor(DType::kFloat32, {h, inter}, RandomFloats(inter * h, 3)))
+            .ok());
+    v1::FfnRequest req;
+    *req.mutable_input() =
+        InlineRef(MakeFloatTensor(DType::kFloat32, {m, h}, RandomFloats(m * h, 4)));
+    req.set_w_gate("g");
+    req.set_w_up("u");
+    req.set_w_down("d");
+    return req;
+  }
+
   // The store is exactly as SetUp left it.
   void ExpectStoreIntact() {
     auto w = client().Get("w");
@@ -188,25 +212,8 @@ TEST_F(ErrorsTest, ResourceExhaustedWhenTheQueueIsFull) {
   StartServer(options);
   // A slow op: Ffn over 512 rows keeps the single worker busy while more
   // requests arrive than the queue holds.
-  const int64_t h = 256, inter = 1024, m = 512;
-  ASSERT_TRUE(
-      client()
-          .Put("g", MakeFloatTensor(DType::kFloat32, {inter, h}, RandomFloats(inter * h, 1)))
-          .ok());
-  ASSERT_TRUE(
-      client()
-          .Put("u", MakeFloatTensor(DType::kFloat32, {inter, h}, RandomFloats(inter * h, 2)))
-          .ok());
-  ASSERT_TRUE(
-      client()
-          .Put("d", MakeFloatTensor(DType::kFloat32, {h, inter}, RandomFloats(inter * h, 3)))
-          .ok());
   v1::FfnRequest req;
-  *req.mutable_input() =
-      InlineRef(MakeFloatTensor(DType::kFloat32, {m, h}, RandomFloats(m * h, 4)));
-  req.set_w_gate("g");
-  req.set_w_up("u");
-  req.set_w_down("d");
+  ASSERT_NO_FATAL_FAILURE(req = SlowFfn(/*h=*/256, /*inter=*/1024, /*m=*/512));
   std::vector<std::future<absl::Status>> calls;
   for (int i = 0; i < 12; ++i) {
     calls.push_back(std::async(std::launch::async, [&] { return client().Ffn(req).status(); }));
@@ -254,21 +261,8 @@ TEST_F(ErrorsTest, UnauthenticatedWithoutTheToken) {
 
 TEST_F(ErrorsTest, UnavailableWhileDrainingButInFlightCallsFinish) {
   // An in-flight slow call, then a drain: the call completes, new calls fail.
-  const int64_t h = 256, inter = 2048, m = 1024;
-  ASSERT_TRUE(
-      client()
-          .Put("g", MakeFloatTensor(DType::kFloat32, {inter, h}, RandomFloats(inter * h, 1)))
-          .ok());
-  ASSERT_TRUE(
-      client()
-          .Put("d", MakeFloatTensor(DType::kFloat32, {h, inter}, RandomFloats(inter * h, 3)))
-          .ok());
   v1::FfnRequest req;
-  *req.mutable_input() =
-      InlineRef(MakeFloatTensor(DType::kFloat32, {m, h}, RandomFloats(m * h, 4)));
-  req.set_w_gate("g");
-  req.set_w_up("g");
-  req.set_w_down("d");
+  ASSERT_NO_FATAL_FAILURE(req = SlowFfn(/*h=*/256, /*inter=*/2048, /*m=*/1024));
   auto in_flight = std::async(std::launch::async, [&] { return client().Ffn(req).status(); });
   std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let it reach the server
   auto drain =
