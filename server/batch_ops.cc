@@ -178,7 +178,7 @@ absl::Status LaunchRmsNorm(const OpEnv& env, std::span<RmsNormItem* const> items
   const RmsNormItem& first = *items[0];
   const Shape shape = items.size() == 1 ? first.args.input.shape
                                         : Shape{TotalRows(items), first.args.input.last_dim()};
-  CallScope scope(*env.device);
+  CallScope scope(*env.device, env.metrics, Op::kRmsNorm);
   kernels::RmsNormArgs args = first.args;
   ASSIGN_OR_RETURN(args.input,
                    BatchInput(scope, items, shape, [](const RmsNormItem& i) { return i.input; }));
@@ -233,7 +233,7 @@ absl::Status LaunchSwiGlu(const OpEnv& env, std::span<SwiGluItem* const> items) 
   const SwiGluItem& first = *items[0];
   const Shape shape = items.size() == 1 ? first.args.gate.shape
                                         : Shape{TotalRows(items), first.args.gate.last_dim()};
-  CallScope scope(*env.device);
+  CallScope scope(*env.device, env.metrics, Op::kSwiGlu);
   kernels::SwiGluArgs args = first.args;
   ASSIGN_OR_RETURN(args.gate,
                    BatchInput(scope, items, shape, [](const SwiGluItem& i) { return i.gate; }));
@@ -374,7 +374,7 @@ absl::Status LaunchRope(const OpEnv& env, std::span<RopeItem* const> items) {
     const Shape& k0 = first.args.k->shape;
     k_shape = one ? k0 : Shape{1, tokens, k0[2], k0[3]};
   }
-  CallScope scope(*env.device);
+  CallScope scope(*env.device, env.metrics, Op::kRope);
   kernels::RopeArgs args = first.args;
   ASSIGN_OR_RETURN(args.q,
                    BatchInput(scope, items, q_shape, [](const RopeItem& i) { return i.q; }));
@@ -453,7 +453,7 @@ absl::StatusOr<QuantizeItem> PrepareQuantize(const OpEnv& env, const v1::Quantiz
 absl::Status LaunchQuantize(const OpEnv& env, std::span<QuantizeItem* const> items) {
   const QuantizeItem& first = *items[0];
   const v1::QuantizeRequest& req = *first.req;
-  CallScope scope(*env.device);
+  CallScope scope(*env.device, env.metrics, Op::kQuantize);
   kernels::QuantizeArgs args = first.args;
   if (items.size() == 1) {
     ASSIGN_OR_RETURN(args.input, StageInput(scope, first.input));
@@ -552,7 +552,7 @@ absl::Status LaunchDequantize(const OpEnv& env, std::span<DequantizeItem* const>
   const int64_t rows = TotalRows(items);
   const Shape values_shape =
       one ? first.args.values.shape : Shape{rows, first.args.values.last_dim()};
-  CallScope scope(*env.device);
+  CallScope scope(*env.device, env.metrics, Op::kDequantize);
   kernels::DequantizeArgs args = first.args;
   if (first.quantized == nullptr) {
     ASSIGN_OR_RETURN(args.values, BatchInput(scope, items, values_shape,

@@ -195,7 +195,7 @@ class OpTask final : public BatchTask {
 absl::Status SubmitTask(const ServiceContext& service, std::unique_ptr<BatchTask>* task);
 
 // Requests whose inline payload is at most this many bytes run on the gRPC
-// thread when their queue is idle (CPU backend only; see Batcher::Schedule).
+// thread when their queue is idle (see Batcher::Schedule).
 inline constexpr int64_t kInlinePayloadBytes = 64 * 1024;
 
 }  // namespace accel::server

@@ -37,7 +37,7 @@ void RunBatch(ServerMetrics* metrics, std::vector<std::unique_ptr<BatchTask>> ba
   absl::Status status = live[0]->LaunchBatch(live);
   if (status.ok() || live.size() == 1) {
     if (status.ok() && metrics != nullptr) {
-      metrics->ObserveCompute(op, Phase::kKernel, SecondsBetween(start, BatchClock::now()));
+      metrics->ObserveHostCompute(op, SecondsBetween(start, BatchClock::now()));
       metrics->ObserveLaunch(op, static_cast<int64_t>(live.size()), rows);
     }
     for (BatchTask* task : live) task->Done(status);
@@ -50,7 +50,7 @@ void RunBatch(ServerMetrics* metrics, std::vector<std::unique_ptr<BatchTask>> ba
     BatchTask* one[] = {task};
     absl::Status own = task->LaunchBatch(one);
     if (own.ok() && metrics != nullptr) {
-      metrics->ObserveCompute(op, Phase::kKernel, SecondsBetween(alone, BatchClock::now()));
+      metrics->ObserveHostCompute(op, SecondsBetween(alone, BatchClock::now()));
       metrics->ObserveLaunch(op, 1, task->rows());
     }
     task->Done(std::move(own));
@@ -77,14 +77,14 @@ absl::Status Batcher::Schedule(std::unique_ptr<BatchTask>* task) {
   }
   (*task)->enqueued = now;
   Queue& queue = queues_[key];
-  if ((*task)->runs_inline() && !queue.running && queue.tasks.empty() &&
+  if ((*task)->runs_inline() && queue.in_flight == 0 && queue.tasks.empty() &&
       options_.max_queue_delay.count() == 0) {
     // An idle queue with no delay would launch this task alone at once
     // anyway: run it here and save the hand-off to a worker (two thread
     // wake-ups, the largest cost of a small request at low load). Tasks of
     // this key that arrive meanwhile queue up for a worker, as they would
     // behind a worker's launch.
-    queue.running = true;
+    ++queue.in_flight;
     const std::string own_key = key;  // the task (and `key`) die in RunBatch
     std::vector<std::unique_ptr<BatchTask>> batch;
     batch.push_back(std::move(*task));
@@ -102,8 +102,8 @@ absl::Status Batcher::Schedule(std::unique_ptr<BatchTask>* task) {
 
 void Batcher::LaunchedLocked(const std::string& key) {
   auto it = queues_.find(key);
-  it->second.running = false;
-  if (it->second.tasks.empty()) {
+  --it->second.in_flight;
+  if (it->second.in_flight == 0 && it->second.tasks.empty()) {
     queues_.erase(it);  // keys hold tensor addresses: do not keep dead ones
   } else {
     ++epoch_;
@@ -132,13 +132,14 @@ bool Batcher::TakeLocked(BatchClock::time_point now, Taken* taken,
                          BatchClock::time_point* wake_at) {
   const BatchPlanOptions plan_options{options_.max_batch_rows, options_.max_queue_delay,
                                       /*flush=*/stopping_};
+  const int max_inflight = std::max(1, options_.max_inflight_per_key);
   *wake_at = BatchClock::time_point::max();
   Queue* best = nullptr;
   const std::string* best_key = nullptr;
   size_t best_launch = 0;
   std::vector<QueuedRequest> requests;
   for (auto& [key, queue] : queues_) {
-    if (queue.running || queue.tasks.empty()) continue;
+    if (queue.in_flight >= max_inflight || queue.tasks.empty()) continue;
     requests.clear();
     for (const std::unique_ptr<BatchTask>& task : queue.tasks) {
       requests.push_back({task->rows(), task->enqueued, task->deadline()});
@@ -168,11 +169,11 @@ bool Batcher::TakeLocked(BatchClock::time_point now, Taken* taken,
       best->tasks.pop_front();
     }
     queued_ -= static_cast<int64_t>(best_launch);
-    best->running = true;
+    ++best->in_flight;
   }
   // Queues emptied by expiry alone.
   for (auto it = queues_.begin(); it != queues_.end();) {
-    it = !it->second.running && it->second.tasks.empty() ? queues_.erase(it) : std::next(it);
+    it = it->second.in_flight == 0 && it->second.tasks.empty() ? queues_.erase(it) : std::next(it);
   }
   return best != nullptr || !taken->expired.empty();
 }

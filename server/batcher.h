@@ -6,9 +6,14 @@
 // in a BatchTask (server/batch_ops.h) and calls Schedule. Worker threads
 // take a queue's next batch when PlanBatch (batch_plan.h) says so: at
 // once with --max_queue_delay_us=0 (a batch is then whatever queued while
-// that queue's previous batch ran, since a queue runs one batch at a time),
-// when --max_batch_rows are queued, or when the oldest request has waited
-// the delay. Before the launch, requests whose caller cancelled or whose
+// that key's launches in flight ran), when --max_batch_rows are queued, or
+// when the oldest request has waited the delay. A key has at most
+// max_inflight_per_key launches in flight: one on the CPU, whose kernels
+// already use every core; several on a GPU, where each worker has its own
+// stream, so the staging copy, H2D, kernel and D2H of consecutive batches
+// of one key overlap (a pipeline of streams, each batch finished by its own
+// synchronisation), and the per-request work of answering a batch is spread
+// over several threads. Before the launch, requests whose caller cancelled or whose
 // deadline passed are answered and dropped, so they never delay others.
 // A full batcher (--max_queue_size tasks waiting) answers RESOURCE_EXHAUSTED
 // at once.
@@ -90,8 +95,11 @@ class Batcher {
     // Tasks waiting in all queues; more is RESOURCE_EXHAUSTED
     // (--max_queue_size, default 4096).
     int64_t max_queue_size = 4096;
-    // Worker threads; at most one runs a given key at a time.
+    // Worker threads.
     int threads = 2;
+    // Launches of one key in flight at once (--max_inflight_batches);
+    // while all are busy, that key's new requests queue for the next batch.
+    int max_inflight_per_key = 1;
     // Runs first on each worker (selects the GPU, creates its stream).
     std::function<void()> thread_init;
     // Where launches are recorded; may be null.
@@ -119,7 +127,7 @@ class Batcher {
  private:
   struct Queue {
     std::deque<std::unique_ptr<BatchTask>> tasks;
-    bool running = false;  // one batch of this key is being launched
+    int in_flight = 0;  // launches of this key running now
   };
   // What a worker took out of the queues under the lock.
   struct Taken {
@@ -129,12 +137,12 @@ class Batcher {
   };
 
   void WorkerLoop();
-  // Plans every idle queue; moves the batch whose oldest task is oldest
+  // Plans every queue with a free launch slot; moves the batch whose oldest task is oldest
   // (and every expired task) into *taken. Returns false when there is
   // nothing to do now; *wake_at is then the next time a plan may change.
   bool TakeLocked(BatchClock::time_point now, Taken* taken, BatchClock::time_point* wake_at)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // After a launch of `key`: the queue may launch again.
+  // After a launch of `key`: one fewer in flight.
   void LaunchedLocked(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Options options_;

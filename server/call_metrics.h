@@ -49,7 +49,8 @@ int64_t LaunchRows(const ServiceContext& service, const v1::QuantizeWeightReques
                    const v1::TensorInfo& response);
 
 // Runs `runner` and, when it succeeds, records its time as
-// accel_compute_duration_seconds{op, phase="kernel"} and one launch.
+// accel_compute_duration_seconds{op, phase="kernel"} (CPU backend; on cuda
+// the call's CallScope records the device phases) and one launch.
 template <typename Request, typename Response>
 absl::Status RunOpAndRecord(const ServiceContext& service, Op op,
                             absl::Status (*runner)(const OpEnv&, const Request&, Response*),
@@ -57,7 +58,7 @@ absl::Status RunOpAndRecord(const ServiceContext& service, Op op,
   const auto start = std::chrono::steady_clock::now();
   absl::Status status = runner(service.env, request, response);
   if (status.ok()) {
-    service.metrics->ObserveCompute(op, Phase::kKernel, SecondsSince(start));
+    service.metrics->ObserveHostCompute(op, SecondsSince(start));
     service.metrics->ObserveLaunch(op, 1, LaunchRows(service, request, *response));
   }
   return status;

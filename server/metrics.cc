@@ -149,6 +149,7 @@ ServerMetrics::ServerMetrics(prometheus::Registry& registry, const BuildInfo& bu
                              .Help("Requests queued or running, by op")
                              .Register(registry);
   const bool device_copies = build_info.backend == "cuda";
+  device_timed_ = device_copies;
   const auto request_buckets = BatchRequestBuckets();
   const auto row_buckets = BatchRowBuckets();
   for (int i = 0; i < kNumOps; ++i) {
@@ -201,6 +202,10 @@ void ServerMetrics::RecordRequest(Method method, absl::StatusCode code, double s
 void ServerMetrics::ObserveCompute(Op op, Phase phase, double seconds) {
   prometheus::Histogram* histogram = compute_[Index(op)][static_cast<int>(phase)];
   if (histogram != nullptr) histogram->Observe(seconds);
+}
+
+void ServerMetrics::ObserveHostCompute(Op op, double seconds) {
+  if (!device_timed_) ObserveCompute(op, Phase::kKernel, seconds);
 }
 
 void ServerMetrics::ObserveLaunch(Op op, int64_t requests, int64_t rows) {

@@ -11,8 +11,9 @@
 //   accel_request_duration_seconds{method}           histogram, receipt to reply
 //   accel_queue_duration_seconds{op}                 histogram, wait for a worker or
 //                                                    for the launch of its batch
-//   accel_compute_duration_seconds{op, phase}        histogram; phase kernel (h2d and
-//                                                    d2h too on the cuda backend)
+//   accel_compute_duration_seconds{op, phase}        histogram; phase kernel (host wall
+//                                                    time) on the CPU; h2d, kernel, d2h
+//                                                    (CUDA events) on the cuda backend
 //   accel_batch_requests{op}, accel_batch_rows{op}   histograms, one sample per launch
 //   accel_pending_requests{op}                       gauge, queued or running
 //   accel_bytes_received_total / _sent_total         counters (tensor payloads)
@@ -112,7 +113,11 @@ class ServerMetrics {
   // executor's for requests that run alone).
   void ObserveQueue(Op op, double seconds) { queue_[Index(op)]->Observe(seconds); }
   // Time of one phase of one launch; a phase the backend lacks is ignored.
+  // On cuda, CallScope records every phase from CUDA events (device time).
   void ObserveCompute(Op op, Phase phase, double seconds);
+  // A launch's wall time on the host: its kernel phase on the CPU backend;
+  // ignored on cuda, whose phases come from the device (above).
+  void ObserveHostCompute(Op op, double seconds);
   // One launch of `requests` requests holding `rows` rows in all (the
   // batcher records each batch, RunOpAndRecord each unbatched call); ignored
   // for ops that are not batchable.
@@ -134,6 +139,7 @@ class ServerMetrics {
   std::array<prometheus::Histogram*, kNumBatchableOps> batch_requests_{};
   std::array<prometheus::Histogram*, kNumBatchableOps> batch_rows_{};
   std::array<prometheus::Gauge*, kNumOps> pending_{};
+  bool device_timed_ = false;  // cuda: phases come from CallScope's events
 };
 
 // Bucket bounds (seconds) resolving 10 us to 10 s: 1-2-5 steps per decade.

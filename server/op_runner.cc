@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "accel/kernels/ops.h"
 #include "accel/util/status_macros.h"
+#include "server/metrics.h"
 #include "server/tensor_codec.h"
 
 namespace accel::server {
@@ -30,7 +31,7 @@ absl::Status RunLinear(const OpEnv& env, const v1::LinearRequest& req, v1::Linea
   args.weight = weight.view;
   if (bias.has_value()) args.bias = bias->view;
   ASSIGN_OR_RETURN(OutputSpec spec, kernels::CheckLinear(args));
-  CallScope scope(*env.device);
+  CallScope scope(*env.device, env.metrics, Op::kLinear);
   ASSIGN_OR_RETURN(args.input, StageInput(scope, input));
   ASSIGN_OR_RETURN(OutputSlot output, OutputSlot::Make(env, scope, req.output_name(), "output_name",
                                                        spec, resp->mutable_output()));
@@ -60,7 +61,7 @@ absl::Status RunFfn(const OpEnv& env, const v1::FfnRequest& req, v1::FfnResponse
   if (b_up.has_value()) args.b_up = b_up->view;
   if (b_down.has_value()) args.b_down = b_down->view;
   ASSIGN_OR_RETURN(OutputSpec spec, kernels::CheckFfn(args));
-  CallScope scope(*env.device);
+  CallScope scope(*env.device, env.metrics, Op::kFfn);
   ASSIGN_OR_RETURN(args.input, StageInput(scope, input));
   ASSIGN_OR_RETURN(OutputSlot output, OutputSlot::Make(env, scope, req.output_name(), "output_name",
                                                        spec, resp->mutable_output()));
@@ -76,7 +77,7 @@ absl::Status RunQuantizationError(const OpEnv& env, const v1::QuantizationErrorR
   ASSIGN_OR_RETURN(ResolvedInput scales, ResolveInput(req.scales(), "scales", *env.store));
   kernels::QuantizationErrorArgs args{original.view, values.view, scales.view};
   RETURN_IF_ERROR(kernels::CheckQuantizationError(args));
-  CallScope scope(*env.device);
+  CallScope scope(*env.device, env.metrics, Op::kQuantizationError);
   ASSIGN_OR_RETURN(args.original, StageInput(scope, original));
   ASSIGN_OR_RETURN(args.values, StageInput(scope, values));
   ASSIGN_OR_RETURN(args.scales, StageInput(scope, scales));
@@ -140,7 +141,7 @@ absl::Status RunQuantizeWeight(const OpEnv& env, const v1::QuantizeWeightRequest
   kernels::QuantizeArgs args{source->view(), kernels::Granularity::kPerRow};
   ASSIGN_OR_RETURN(kernels::QuantizeSpec spec, kernels::CheckQuantize(args));
   ASSIGN_OR_RETURN(QuantizedOutput out, MakeQuantizedOutput(env, target, spec));
-  CallScope scope(*env.device);
+  CallScope scope(*env.device, env.metrics, Op::kQuantizeWeight);
   RETURN_IF_ERROR(kernels::Quantize(scope.ctx(), args, out.values, out.scales));
   RETURN_IF_ERROR(scope.Finish());
   FillTensorInfo(*out.tensor, env.store->device_name(), resp);

@@ -27,6 +27,8 @@ struct OpEnv {
   const ServingDevice* device = nullptr;
   // Results larger than this must stay resident (output_name).
   int64_t max_message_bytes = int64_t{512} << 20;
+  // Receives each call's device phases on the GPU (may be null).
+  ServerMetrics* metrics = nullptr;
 };
 
 class OutputSlot {

@@ -127,6 +127,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     return absl::InvalidArgumentError(absl::StrCat(
         "--max_queue_delay_us: expected >= 0 (0 = no wait), found ", options.max_queue_delay_us));
   }
+  if (options.max_inflight_batches < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_inflight_batches: expected >= 0 (0 = auto), found ", options.max_inflight_batches));
+  }
   auto opened = ServingDevice::Open(options.device);
   if (!opened.ok()) return opened.status();
   state->device = std::move(*opened);
@@ -162,13 +166,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   state->metrics_endpoint = std::move(*endpoint);
   state->metrics_port = state->metrics_endpoint->port();
 
+  const int inflight = options.max_inflight_batches > 0 ? options.max_inflight_batches
+                       : serving.is_cuda()              ? 4
+                                                        : 1;
   if (options.batching) {
     Batcher::Options batcher_options;
     batcher_options.max_batch_rows = options.max_batch_rows;
     batcher_options.max_queue_delay = std::chrono::microseconds(options.max_queue_delay_us);
     batcher_options.max_queue_size = options.max_queue_size;
-    // One worker runs one key at a time: as many as the executor lets
-    // different ops (or shapes) proceed side by side.
+    // On a GPU a key keeps a few launches in flight, each on its worker's
+    // stream, so consecutive batches overlap their copies and kernels; on
+    // the CPU one launch already uses every core.
+    batcher_options.max_inflight_per_key = inflight;
     batcher_options.threads = threads;
     batcher_options.thread_init = [&serving] { serving.InitThread(); };
     batcher_options.metrics = state->metrics.get();
@@ -183,6 +192,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   context.env.store = state->store.get();
   context.env.device = state->device.get();
   context.env.max_message_bytes = options.max_message_bytes;
+  context.env.metrics = state->metrics.get();
   context.version = kVersion;
   context.backend = serving.backend_name();
   context.model_dir = options.model_dir;
@@ -228,6 +238,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
             << " batching=" << (options.batching ? "on" : "off")
             << " max_batch_rows=" << options.max_batch_rows
             << " max_queue_delay_us=" << options.max_queue_delay_us
+            << " max_inflight_batches=" << inflight
             << " model_dir=" << (options.model_dir.empty() ? "(none)" : options.model_dir)
             << " auth=" << (options.auth_token.empty() ? "off" : "token")
             << " access_log=" << (options.access_log ? "on" : "off") << " grpc=" << s.grpc_host

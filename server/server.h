@@ -60,6 +60,9 @@ struct ServerOptions {
   bool batching = true;
   int64_t max_batch_rows = 4096;
   int64_t max_queue_delay_us = 0;
+  // Launches of one batch key in flight at once; 0 = auto (4 on a GPU,
+  // where consecutive batches overlap on the workers' streams; 1 on the CPU).
+  int max_inflight_batches = 0;
 };
 
 class Server {

@@ -2,11 +2,13 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "accel/util/logging.h"
 #include "server/device_info.h"
+#include "server/metrics.h"
 
 #if ACCEL_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -18,8 +20,35 @@ namespace accel::server {
 namespace {
 
 #if ACCEL_WITH_CUDA
-// Each executor thread's stream: requests on different threads overlap.
-thread_local cudaStream_t t_stream = nullptr;
+// What a thread that runs requests owns on the GPU: its stream (requests on
+// different threads overlap) and the events that time one call's phases.
+// Freed with the thread: small requests run inline on gRPC's threads, which
+// come and go.
+struct ThreadCuda {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t start = nullptr, uploaded = nullptr, computed = nullptr, downloaded = nullptr;
+  bool timing = false;  // a CallScope of this thread is timing its call
+
+  ~ThreadCuda() {
+    // At process exit the runtime may be gone first; the errors are moot.
+    for (cudaEvent_t event : {start, uploaded, computed, downloaded}) {
+      if (event != nullptr) cudaEventDestroy(event);
+    }
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+  bool HasEvents() {
+    if (downloaded != nullptr) return true;
+    for (cudaEvent_t* event : {&start, &uploaded, &computed, &downloaded}) {
+      if (cudaEventCreate(event) != cudaSuccess) {
+        cudaGetLastError();
+        *event = nullptr;
+        return false;
+      }
+    }
+    return true;
+  }
+};
+thread_local ThreadCuda t_cuda;
 
 absl::Status Cuda(cudaError_t error, const char* what) {
   if (error == cudaSuccess) return absl::OkStatus();
@@ -83,7 +112,7 @@ void ServingDevice::InitThread() const {
 #if ACCEL_WITH_CUDA
   if (!is_cuda()) return;
   cudaSetDevice(ordinal_);
-  if (t_stream == nullptr) cudaStreamCreateWithFlags(&t_stream, cudaStreamNonBlocking);
+  if (t_cuda.stream == nullptr) cudaStreamCreateWithFlags(&t_cuda.stream, cudaStreamNonBlocking);
 #endif
 }
 
@@ -157,13 +186,20 @@ void ServingDevice::NoteFailure(const absl::Status& status) const {
 
 // ------------------------------------------------------------- CallScope
 
-CallScope::CallScope(const ServingDevice& device) : device_(device) {
+CallScope::CallScope(const ServingDevice& device, ServerMetrics* metrics, Op op)
+    : device_(device), metrics_(metrics), op_(op) {
   ctx_.backend = device.backend();
   ctx_.scratch = this;
 #if ACCEL_WITH_CUDA
   if (device.is_cuda()) {
-    if (t_stream == nullptr) device.InitThread();
-    ctx_.stream = t_stream;
+    if (t_cuda.stream == nullptr) device.InitThread();
+    ctx_.stream = t_cuda.stream;
+    // The stream is idle here (every scope waits for its work), so `start`
+    // completes when the first upload begins.
+    if (metrics_ != nullptr && !t_cuda.timing && t_cuda.HasEvents() &&
+        cudaEventRecord(t_cuda.start, t_cuda.stream) == cudaSuccess) {
+      timed_ = t_cuda.timing = true;
+    }
   }
 #endif
 }
@@ -173,7 +209,8 @@ CallScope::~CallScope() {
   if (device_.is_cuda()) {
     // Scratch returns to a cache other streams allocate from: wait until
     // this call's kernels are done with it.
-    if (work_pending_ && !finished_) cudaStreamSynchronize(t_stream);
+    if (work_pending_ && !finished_) cudaStreamSynchronize(t_cuda.stream);
+    if (timed_) t_cuda.timing = false;
     for (void* p : scratch_) kernels::cuda::DeviceFree(device_.ordinal_, p);
     for (void* p : pinned_) kernels::cuda::PinnedFree(p);
     return;
@@ -200,6 +237,41 @@ absl::StatusOr<void*> CallScope::Allocate(size_t bytes) {
   return p;
 }
 
+absl::Status CallScope::Upload(void* device, const void* host, size_t n) {
+#if ACCEL_WITH_CUDA
+  absl::Status s =
+      Cuda(cudaMemcpyAsync(device, host, n, cudaMemcpyHostToDevice, t_cuda.stream), "upload");
+  if (!s.ok()) return s;
+  work_pending_ = uploaded_ = true;
+  // Re-recorded after each upload: the kernel phase starts after the last.
+  if (timed_) cudaEventRecord(t_cuda.uploaded, t_cuda.stream);
+#endif
+  return absl::OkStatus();
+}
+
+void CallScope::RecordPhases() const {
+#if ACCEL_WITH_CUDA
+  auto seconds = [](cudaEvent_t from, cudaEvent_t to) -> std::optional<double> {
+    float ms = 0;
+    if (cudaEventElapsedTime(&ms, from, to) != cudaSuccess) {
+      cudaGetLastError();
+      return std::nullopt;
+    }
+    return ms * 1e-3;
+  };
+  const ThreadCuda& t = t_cuda;
+  if (uploaded_) {
+    if (auto s = seconds(t.start, t.uploaded)) metrics_->ObserveCompute(op_, Phase::kH2D, *s);
+  }
+  if (auto s = seconds(uploaded_ ? t.uploaded : t.start, t.computed)) {
+    metrics_->ObserveCompute(op_, Phase::kKernel, *s);
+  }
+  if (!results_.empty()) {
+    if (auto s = seconds(t.computed, t.downloaded)) metrics_->ObserveCompute(op_, Phase::kD2H, *s);
+  }
+#endif
+}
+
 absl::StatusOr<kernels::ConstTensorView> CallScope::Stage(const kernels::ConstTensorView& host) {
   if (!device_.is_cuda() || host.nbytes() == 0) return host;
 #if ACCEL_WITH_CUDA
@@ -211,9 +283,8 @@ absl::StatusOr<kernels::ConstTensorView> CallScope::Stage(const kernels::ConstTe
   std::memcpy(pinned, host.data, n);
   auto device = Allocate(n);
   if (!device.ok()) return device.status();
-  s = Cuda(cudaMemcpyAsync(*device, pinned, n, cudaMemcpyHostToDevice, t_stream), "upload");
+  s = Upload(*device, pinned, n);
   if (!s.ok()) return s;
-  work_pending_ = true;
   return kernels::ConstTensorView{host.dtype, host.shape, *device};
 #else
   return host;
@@ -255,10 +326,8 @@ absl::StatusOr<kernels::ConstTensorView> CallScope::StageConcat(
   if (device_.is_cuda() && n > 0) {
     auto device = Allocate(n);
     if (!device.ok()) return device.status();
-    absl::Status s =
-        Cuda(cudaMemcpyAsync(*device, host, n, cudaMemcpyHostToDevice, t_stream), "upload");
+    absl::Status s = Upload(*device, host, n);
     if (!s.ok()) return s;
-    work_pending_ = true;
     whole.data = *device;
   }
 #endif
@@ -286,16 +355,20 @@ absl::Status CallScope::Finish() {
   finished_ = true;
 #if ACCEL_WITH_CUDA
   if (device_.is_cuda() && work_pending_) {
+    cudaStream_t stream = t_cuda.stream;
+    if (timed_) cudaEventRecord(t_cuda.computed, stream);
     for (const PendingCopy& copy : results_) {
       finish_status_ = Cuda(
-          cudaMemcpyAsync(copy.pinned, copy.device, copy.nbytes, cudaMemcpyDeviceToHost, t_stream),
+          cudaMemcpyAsync(copy.pinned, copy.device, copy.nbytes, cudaMemcpyDeviceToHost, stream),
           "download");
       if (!finish_status_.ok()) break;
     }
-    const absl::Status synced = Cuda(cudaStreamSynchronize(t_stream), "kernel execution");
+    if (timed_ && !results_.empty()) cudaEventRecord(t_cuda.downloaded, stream);
+    const absl::Status synced = Cuda(cudaStreamSynchronize(stream), "kernel execution");
     if (finish_status_.ok()) finish_status_ = synced;
     if (finish_status_.ok()) {
       for (const PendingCopy& copy : results_) std::memcpy(copy.host, copy.pinned, copy.nbytes);
+      if (timed_) RecordPhases();
     } else {
       device_.NoteFailure(finish_status_);
     }

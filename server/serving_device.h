@@ -10,6 +10,11 @@
 // every step is the identity: inline inputs are used where they arrived and
 // results are written straight into the response.
 //
+// Given a ServerMetrics, a CallScope on CUDA times its call's phases with
+// events on its stream (start; after the last upload; before and after the
+// downloads) and records accel_compute_duration_seconds{phase=h2d|kernel|
+// d2h} after Finish: device time, which the host clock cannot see.
+//
 // A sticky CUDA error (an illegal address poisons the context) is latched:
 // later calls fail with it, and the server reports NOT_SERVING.
 //
@@ -33,6 +38,8 @@
 namespace accel::server {
 
 class CallScope;
+class ServerMetrics;  // server/metrics.h
+enum class Op : int;  // server/metrics.h
 
 class ServingDevice {
  public:
@@ -80,7 +87,8 @@ class ServingDevice {
 
 class CallScope final : public kernels::ScratchAllocator {
  public:
-  explicit CallScope(const ServingDevice& device);
+  // `metrics` (may be null) receives the call's device phases as `op`.
+  explicit CallScope(const ServingDevice& device, ServerMetrics* metrics = nullptr, Op op = {});
   ~CallScope() override;  // waits for the stream if work is pending, frees scratch
   CallScope(const CallScope&) = delete;
   CallScope& operator=(const CallScope&) = delete;
@@ -121,7 +129,16 @@ class CallScope final : public kernels::ScratchAllocator {
     size_t nbytes;
   };
 
+  // Enqueues the upload of `n` bytes from pinned `host` to `device`.
+  absl::Status Upload(void* device, const void* host, size_t n);
+  // After a successful Finish on CUDA: records the phases from the events.
+  void RecordPhases() const;
+
   const ServingDevice& device_;
+  ServerMetrics* const metrics_;
+  const Op op_;
+  bool timed_ = false;     // events recorded on the stream (CUDA with metrics)
+  bool uploaded_ = false;  // an H2D copy was enqueued
   kernels::ExecContext ctx_;
   std::vector<void*> scratch_;  // device blocks to free
   std::vector<void*> pinned_;   // pinned blocks to free

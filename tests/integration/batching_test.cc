@@ -13,6 +13,7 @@
 
 #include <cstring>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -63,6 +64,17 @@ std::pair<double, double> BatchRequests(const std::string& metrics, const std::s
     }
   }
   return {sum, count};
+}
+
+// The value of the sample line `series` (name{labels}); nullopt if absent.
+std::optional<double> Sample(const std::string& metrics, const std::string& series) {
+  for (absl::string_view line : absl::StrSplit(metrics, '\n')) {
+    if (absl::StartsWith(line, series + " ")) {
+      double value = 0;
+      if (absl::SimpleAtod(line.substr(series.size() + 1), &value)) return value;
+    }
+  }
+  return std::nullopt;
 }
 
 // One request of any batchable op, as a stream message (the unary request
@@ -282,6 +294,39 @@ TEST_F(BatchingTest, StreamedRequestsGiveTheUnbatchedBytes) {
                                   << " differs from the unbatched bytes";
   }
   ExpectBatched(kOps);
+}
+
+TEST_F(BatchingTest, EveryLaunchRecordsTheComputePhasesOfItsBackend) {
+  const std::vector<v1::StreamRequest> requests = RandomRequests(/*seed=*/7);
+  std::vector<std::thread> threads;
+  for (const v1::StreamRequest& r : requests) {
+    threads.emplace_back([&, r] { EXPECT_EQ(CallUnary(batched(), r).code(), 0); });
+  }
+  for (std::thread& t : threads) t.join();
+  auto info = batched().ServerInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  const bool cuda = info->backend() == "cuda";
+  const std::string metrics = ScrapeMetrics(servers_[0]->metrics_port());
+  // Ops whose launches cannot fail after the kernel ran (Quantize can: NaN).
+  for (const std::string op : {"rms_norm", "swiglu", "rope", "dequantize"}) {
+    const auto [requests_sum, launches] = BatchRequests(metrics, op);
+    ASSERT_GT(launches, 0) << op;
+    auto phase = [&](const std::string& name) {
+      return Sample(metrics, "accel_compute_duration_seconds_count{op=\"" + op + "\",phase=\"" +
+                                 name + "\"}");
+    };
+    // One kernel sample per launch: from CUDA events on a GPU, from the
+    // host clock on the CPU.
+    EXPECT_EQ(phase("kernel"), launches) << op;
+    if (cuda) {
+      // Every launch here uploads its inline inputs and downloads its result.
+      EXPECT_EQ(phase("h2d"), launches) << op;
+      EXPECT_EQ(phase("d2h"), launches) << op;
+    } else {
+      EXPECT_EQ(phase("h2d"), std::nullopt) << op << ": no copies on the CPU";
+      EXPECT_EQ(phase("d2h"), std::nullopt) << op;
+    }
+  }
 }
 
 TEST_F(BatchingTest, ABadRequestFailsAloneInsideABatch) {

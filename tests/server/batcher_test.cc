@@ -14,6 +14,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 
 namespace accel::server {
 namespace {
@@ -141,6 +142,36 @@ TEST(Batcher, TasksQueuedWhileTheKeyIsBusyShareTheNextLaunch) {
   log.WaitDone(4);
   absl::MutexLock lock(&log.mu);
   EXPECT_THAT(log.launches, ElementsAre(ElementsAre(1), ElementsAre(2, 3, 4)));
+  for (const auto& [id, status] : log.done) EXPECT_TRUE(status.ok()) << id;
+}
+
+TEST(Batcher, AKeyKeepsUpToMaxInflightLaunchesRunningAndQueuesTheRest) {
+  Log log;
+  absl::Notification gate;
+  Batcher::Options options = TestOptions();
+  options.threads = 3;
+  options.max_inflight_per_key = 2;
+  Batcher batcher(options);
+  auto first = Task(1, "a", &log);
+  first->BlockOn(&gate);
+  ASSERT_TRUE(Schedule(batcher, std::move(first)).ok());
+  log.WaitLaunches(1);
+  auto second = Task(2, "a", &log);
+  second->BlockOn(&gate);
+  ASSERT_TRUE(Schedule(batcher, std::move(second)).ok());
+  log.WaitLaunches(2);  // launched beside the first: a second slot was free
+  // Both slots are busy (a third worker is idle): these wait, then share.
+  for (int id = 3; id <= 5; ++id) ASSERT_TRUE(Schedule(batcher, Task(id, "a", &log)).ok());
+  absl::SleepFor(absl::Milliseconds(50));
+  {
+    absl::MutexLock lock(&log.mu);
+    EXPECT_EQ(log.launches.size(), 2u);
+    EXPECT_TRUE(log.done.empty());
+  }
+  gate.Notify();
+  log.WaitDone(5);
+  absl::MutexLock lock(&log.mu);
+  EXPECT_THAT(log.launches, ElementsAre(ElementsAre(1), ElementsAre(2), ElementsAre(3, 4, 5)));
   for (const auto& [id, status] : log.done) EXPECT_TRUE(status.ok()) << id;
 }
 

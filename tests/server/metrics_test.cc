@@ -112,6 +112,24 @@ TEST(ServerMetrics, CudaBackendHasCopyPhases) {
   EXPECT_THAT(text, HasLine(R"(accel_compute_duration_seconds_count{op="ffn",phase="kernel"} 0)"));
 }
 
+TEST_F(ServerMetricsTest, HostComputeTimeIsTheKernelPhaseOnTheCpu) {
+  metrics_.ObserveHostCompute(Op::kRope, 0.0003);
+  EXPECT_THAT(Serialize(registry_),
+              HasLine(R"(accel_compute_duration_seconds_count{op="rope",phase="kernel"} 1)"));
+}
+
+TEST(ServerMetrics, HostComputeTimeIsIgnoredOnCudaWhereEventsTimeThePhases) {
+  prometheus::Registry registry;
+  ServerMetrics metrics(registry, {"1.2.3", "cuda", "H100"});
+  metrics.ObserveHostCompute(Op::kRope, 0.0003);
+  metrics.ObserveCompute(Op::kRope, Phase::kKernel, 0.00002);
+  const std::string text = Serialize(registry);
+  EXPECT_THAT(text, HasLine(R"(accel_compute_duration_seconds_count{op="rope",phase="kernel"} 1)"));
+  EXPECT_THAT(
+      text,
+      HasLine(R"(accel_compute_duration_seconds_bucket{op="rope",phase="kernel",le="0.0001"} 1)"));
+}
+
 TEST_F(ServerMetricsTest, RecordsLaunchesOfBatchableOpsOnly) {
   metrics_.ObserveLaunch(Op::kSwiGlu, 1, 7);
   metrics_.ObserveLaunch(Op::kSwiGlu, 3, 300);
