@@ -3,10 +3,16 @@
 # by tools/gpu-bundle.sh from a -DCMAKE_CUDA_ARCHITECTURES=90 build) carried:
 #   bench/device_run.sh tests   # every CUDA test + the integration tests on the GPU
 #   bench/device_run.sh bench   # kernel benchmarks vs copy, PyTorch eager and compile
+#   bench/device_run.sh load    # bench/run_load.sh on the GPU, then a sweep of
+#                               # --max_inflight_batches at c=256 unary / c=64 stream
+#   bench/device_run.sh latency # c=1 single rows: where a request's time goes
+#                               # (server means per phase), inline on/off, echo
 # Logs and JSON go to $OUT (the device tool's output folder) or ./device_out.
 set -uo pipefail
 export LD_LIBRARY_PATH="$PWD/gpu-bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
+# server_process_test starts the binary itself.
+export ACCEL_SERVER_BINARY=${ACCEL_SERVER_BINARY:-$PWD/gpu-bundle/bin/accel-server}
 bin=gpu-bundle/bin
 out=${OUT:-device_out}
 mkdir -p "$out"
@@ -18,7 +24,7 @@ case "${1:-tests}" in
     status=0
     for t in cuda_allocator_test cuda_ops_test cuda_linear_test kernels_test \
              ops_integration_test errors_integration_test malformed_requests_test \
-             observability_test; do
+             observability_test batching_test server_process_test; do
       [ -x "$bin/$t" ] || { echo "missing $bin/$t"; status=1; continue; }
       start=$(date +%s)
       "$bin/$t" --gtest_brief=1 > "$out/$t.log" 2>&1
@@ -36,5 +42,61 @@ case "${1:-tests}" in
     tail -60 "$out/ops_bench.txt"
     "$bin/cuda_linear_bench" --json "$out/linear.json" > "$out/linear_bench.txt" 2>&1
     tail -30 "$out/linear_bench.txt"
+    ;;
+  load)
+    mkdir -p /tmp/b/server /tmp/b/bench
+    ln -sf "$PWD/$bin/accel-server" /tmp/b/server/accel-server
+    ln -sf "$PWD/$bin/load_gen" /tmp/b/bench/load_gen
+    ACCEL_DEVICE=auto CONCURRENCY="1 64 256" PLOT="$out/load_latency_gpu.png" PYTHON=python3 \
+      bench/run_load.sh /tmp/b "$out/load" 3 "${2:-1}" > "$out/load.txt" 2>&1
+    grep -E '^\|' "$out/load.txt" | head -12
+    # How many launches of one key in flight pay off (one server per value).
+    echo "inflight run qps p50_us p99_us rows_per_launch"
+    for n in ${INFLIGHT:-1 2 4 8}; do
+      "$bin/accel-server" --grpc_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 \
+        --max_inflight_batches=$n > /tmp/srv.out 2>/tmp/srv.err &
+      pid=$!
+      for _ in $(seq 100); do grep -q '^listening ' /tmp/srv.out && break; sleep 0.05; done
+      line=$(grep '^listening ' /tmp/srv.out)
+      target=$(sed 's/.*grpc=\([^ ]*\).*/\1/' <<<"$line")
+      metrics=$(sed -n 's/.*metrics=\([^ ]*\).*/\1/p' <<<"$line")
+      for run in "unary 256 4" "stream 64 4"; do
+        set -- $run
+        flags="--target=$target --metrics=$metrics --op=rms_norm --rows=1 --width=4096 --dtype=bf16"
+        flags="$flags --concurrency=$2 --channels=$3 --duration_s=3 --warmup_s=1"
+        [ "$1" = stream ] && flags="$flags --stream"
+        "$bin/load_gen" $flags --json="/tmp/sweep.json" > /dev/null
+        python3 -c "import json;d=json.load(open('/tmp/sweep.json'));print('$n', '$1-c$2', round(d['qps']), round(d['p50_us']), round(d['p99_us']), d.get('rows_per_launch'))"
+      done
+      kill -TERM $pid; wait $pid
+    done | tee "$out/inflight_sweep.txt"
+    ;;
+  latency)
+    # serve NAME FLAGS...: starts a server, sets $flags for load_gen.
+    serve() {
+      local name=$1
+      shift
+      "$@" --grpc_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 > "/tmp/$name.out" 2>/dev/null &
+      for _ in $(seq 100); do grep -q '^listening ' "/tmp/$name.out" && break; sleep 0.05; done
+      local line
+      line=$(grep '^listening ' "/tmp/$name.out")
+      flags="--target=$(sed 's/.*grpc=\([^ ]*\).*/\1/' <<<"$line")"
+      flags="$flags --metrics=$(sed -n 's/.*metrics=\([^ ]*\).*/\1/p' <<<"$line")"
+    }
+    serve inline "$bin/accel-server"; inline=$flags
+    serve hop "$bin/accel-server" --inline_request_bytes=0; hop=$flags
+    serve nobatch "$bin/accel-server" --batching=false; nobatch=$flags
+    "$bin/load_gen" --serve_echo > /tmp/echo.out 2>/dev/null &
+    for _ in $(seq 100); do grep -q '^listening ' /tmp/echo.out && break; sleep 0.05; done
+    echo_flags="--echo --echo_target=$(sed 's/.*grpc=\([^ ]*\).*/\1/' <<<"$(grep '^listening ' /tmp/echo.out)")"
+    row="--op=rms_norm --rows=1 --width=4096 --dtype=bf16 --concurrency=1 --duration_s=3 --warmup_s=1"
+    for round in 1 2; do
+      for side in inline hop nobatch echo_flags; do
+        echo -n "$side: "
+        "$bin/load_gen" ${!side} $row
+      done
+    done | tee "$out/latency.txt"
+    kill $(jobs -p) 2>/dev/null
+    wait
     ;;
 esac

@@ -6,7 +6,9 @@
 // (--stream: one stream per channel, carrying its callers' requests). It
 // prints QPS, p50/p90/p99/max latency, errors by code and, when --metrics
 // names the server's Prometheus endpoint, the server's mean rows per launch
-// (accel_batch_rows_sum / _count, scraped before and after the run).
+// (accel_batch_rows_sum / _count, scraped before and after the run) and its
+// mean time per request from receipt to reply, in the queue and in each
+// compute phase (h2d, kernel, d2h on a GPU), to show where time goes.
 //
 // --echo runs the same load against an echo service (bench/echo.proto) with
 // the same request and response payload sizes: the floor that no gRPC
@@ -379,22 +381,38 @@ std::string HttpGetMetrics(const std::string& host_port) {
   return body;
 }
 
-// Sum over every op of accel_batch_rows_sum and _count.
-struct BatchCounters {
-  double rows = 0, launches = 0;
+// Sums over every label of the server's counters that explain a run: rows
+// per launch (accel_batch_rows), and where a request's time goes on the
+// server (receipt to reply, queue, compute phases).
+struct ServerCounters {
+  // Series -> {sum, count}; series is the histogram name without _sum or
+  // _count, plus "/phase" for accel_compute_duration_seconds.
+  std::map<std::string, std::pair<double, double>> histograms;
   bool found = false;
 };
-BatchCounters ScrapeBatchCounters(const std::string& host_port) {
-  BatchCounters counters;
+ServerCounters ScrapeServerCounters(const std::string& host_port) {
+  static const char* const kNames[] = {"accel_batch_rows", "accel_request_duration_seconds",
+                                       "accel_queue_duration_seconds",
+                                       "accel_compute_duration_seconds"};
+  ServerCounters counters;
   if (host_port.empty()) return counters;
   for (absl::string_view line : absl::StrSplit(HttpGetMetrics(host_port), '\n')) {
-    const bool sum = absl::StartsWith(line, "accel_batch_rows_sum");
-    const bool count = absl::StartsWith(line, "accel_batch_rows_count");
-    if (!sum && !count) continue;
-    double value = 0;
-    if (!absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &value)) continue;
-    (sum ? counters.rows : counters.launches) += value;
-    counters.found = true;
+    for (const char* name : kNames) {
+      if (!absl::StartsWith(line, name)) continue;
+      const absl::string_view rest = line.substr(std::strlen(name));
+      const bool sum = absl::StartsWith(rest, "_sum");
+      if (!sum && !absl::StartsWith(rest, "_count")) continue;
+      double value = 0;
+      if (!absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &value)) continue;
+      std::string series = name;
+      if (const size_t phase = line.find("phase=\""); phase != absl::string_view::npos) {
+        const size_t begin = phase + 7;
+        series += "/" + std::string(line.substr(begin, line.find('"', begin) - begin));
+      }
+      auto& [total, count] = counters.histograms[series];
+      (sum ? total : count) += value;
+      counters.found = true;
+    }
   }
   return counters;
 }
@@ -548,7 +566,7 @@ int Run() {
     echo_stubs.push_back(Echo::NewStub(chans.back()));
   }
 
-  const BatchCounters before = ScrapeBatchCounters(absl::GetFlag(FLAGS_metrics));
+  const ServerCounters before = ScrapeServerCounters(absl::GetFlag(FLAGS_metrics));
   Window window;
   const Clock::time_point start = Clock::now();
   window.measure_start = start + std::chrono::duration_cast<Clock::duration>(
@@ -620,7 +638,7 @@ int Run() {
     }
   }
   latch.Wait();
-  const BatchCounters after = ScrapeBatchCounters(absl::GetFlag(FLAGS_metrics));
+  const ServerCounters after = ScrapeServerCounters(absl::GetFlag(FLAGS_metrics));
 
   Tally all;
   auto merge = [&all](Tally& t) {
@@ -637,9 +655,29 @@ int Run() {
   double mean = 0;
   for (double v : all.latencies_us) mean += v;
   if (!all.latencies_us.empty()) mean /= static_cast<double>(all.latencies_us.size());
-  const double launches = after.launches - before.launches;
-  const double rows_per_launch =
-      after.found && launches > 0 ? (after.rows - before.rows) / launches : 0.0;
+  // Differences over the run: {sum, count} of a series.
+  auto delta = [&](const std::string& series) {
+    auto get = [&series](const ServerCounters& c) {
+      auto it = c.histograms.find(series);
+      return it == c.histograms.end() ? std::pair<double, double>{0, 0} : it->second;
+    };
+    const auto [sum1, count1] = get(after);
+    const auto [sum0, count0] = get(before);
+    return std::pair<double, double>{sum1 - sum0, count1 - count0};
+  };
+  const auto [rows_sum, launches] = delta("accel_batch_rows");
+  const double rows_per_launch = after.found && launches > 0 ? rows_sum / launches : 0.0;
+  // Mean server-side microseconds per sample of each timing histogram.
+  nlohmann::json server_us = nlohmann::json::object();
+  for (const auto& [series, unused] : after.histograms) {
+    if (series == "accel_batch_rows") continue;
+    const auto [sum, count] = delta(series);
+    if (count <= 0) continue;
+    std::string key = series.substr(std::strlen("accel_"));
+    key = key.substr(0, key.find("_duration_seconds")) +
+          key.substr(key.find("_duration_seconds") + std::strlen("_duration_seconds"));
+    server_us[key] = sum / count * 1e6;
+  }
 
   nlohmann::json out;
   out["label"] = absl::GetFlag(FLAGS_label);
@@ -669,6 +707,7 @@ int Run() {
   if (after.found && launches > 0) {
     out["rows_per_launch"] = rows_per_launch;
     out["launches"] = launches;
+    out["server_mean_us"] = server_us;
   } else {
     out["rows_per_launch"] = nullptr;
   }
@@ -682,7 +721,11 @@ int Run() {
       out["p90_us"].get<double>(), out["p99_us"].get<double>(), out["max_us"].get<double>(),
       static_cast<long long>(all.ok));
   for (const auto& [code, n] : all.errors) std::printf(", code %d: %lld", code, (long long)n);
-  if (after.found && launches > 0) std::printf("; server rows/launch %.2f", rows_per_launch);
+  if (after.found && launches > 0) {
+    std::printf("; server rows/launch %.2f, mean us", rows_per_launch);
+    for (const auto& [key, us] : server_us.items())
+      std::printf(" %s %.1f", key.c_str(), us.get<double>());
+  }
   std::printf("\n");
 
   const std::string json_path = absl::GetFlag(FLAGS_json);

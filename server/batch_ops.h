@@ -194,8 +194,4 @@ class OpTask final : public BatchTask {
 // the caller, unrun (RESOURCE_EXHAUSTED when full, UNAVAILABLE draining).
 absl::Status SubmitTask(const ServiceContext& service, std::unique_ptr<BatchTask>* task);
 
-// Requests whose inline payload is at most this many bytes run on the gRPC
-// thread when their queue is idle (see Batcher::Schedule).
-inline constexpr int64_t kInlinePayloadBytes = 64 * 1024;
-
 }  // namespace accel::server

@@ -13,13 +13,39 @@ double SecondsBetween(BatchClock::time_point from, BatchClock::time_point to) {
   return std::chrono::duration<double>(to - from).count();
 }
 
+// Answers per thread when a batch's answers are spread out: enough to
+// outweigh the hand-off (one wake-up, a few microseconds).
+constexpr size_t kAnswersPerChunk = 8;
+
+// Calls Done(status) on every task, all but the last chunk on other threads
+// when `offload` takes them.
+void Answer(std::vector<std::unique_ptr<BatchTask>> tasks, const absl::Status& status,
+            const Offload& offload) {
+  size_t next = 0;
+  if (offload) {
+    while (tasks.size() - next > kAnswersPerChunk) {
+      std::vector<std::unique_ptr<BatchTask>> chunk;
+      chunk.reserve(kAnswersPerChunk);
+      for (size_t i = 0; i < kAnswersPerChunk; ++i) chunk.push_back(std::move(tasks[next++]));
+      absl::AnyInvocable<void()&&> answer = [chunk = std::move(chunk), status]() mutable {
+        for (std::unique_ptr<BatchTask>& task : chunk) task->Done(status);
+      };
+      if (!offload(&answer).ok()) std::move(answer)();  // nobody free: answer here
+    }
+  }
+  for (; next < tasks.size(); ++next) tasks[next]->Done(status);
+}
+
 }  // namespace
 
-void RunBatch(ServerMetrics* metrics, std::vector<std::unique_ptr<BatchTask>> batch) {
+void RunBatch(ServerMetrics* metrics, std::vector<std::unique_ptr<BatchTask>> batch,
+              const Offload& offload) {
   const BatchClock::time_point start = BatchClock::now();
   // Callers that are gone cost no kernel time and never delay the others.
-  std::vector<BatchTask*> live;
+  std::vector<std::unique_ptr<BatchTask>> live;
+  std::vector<BatchTask*> launch;
   live.reserve(batch.size());
+  launch.reserve(batch.size());
   int64_t rows = 0;
   for (std::unique_ptr<BatchTask>& task : batch) {
     if (absl::Status alive = task->CheckAlive(); !alive.ok()) {
@@ -29,25 +55,26 @@ void RunBatch(ServerMetrics* metrics, std::vector<std::unique_ptr<BatchTask>> ba
     }
     if (metrics != nullptr)
       metrics->ObserveQueue(task->op(), SecondsBetween(task->enqueued, start));
-    live.push_back(task.get());
     rows += task->rows();
+    launch.push_back(task.get());
+    live.push_back(std::move(task));
   }
   if (live.empty()) return;
   const Op op = live[0]->op();
-  absl::Status status = live[0]->LaunchBatch(live);
+  absl::Status status = live[0]->LaunchBatch(launch);
   if (status.ok() || live.size() == 1) {
     if (status.ok() && metrics != nullptr) {
       metrics->ObserveHostCompute(op, SecondsBetween(start, BatchClock::now()));
       metrics->ObserveLaunch(op, static_cast<int64_t>(live.size()), rows);
     }
-    for (BatchTask* task : live) task->Done(status);
+    Answer(std::move(live), status, offload);
     return;
   }
   // Some request of the batch is bad (e.g. a NaN for Quantize): run each
   // alone, so that only its own caller sees its error.
-  for (BatchTask* task : live) {
+  for (std::unique_ptr<BatchTask>& task : live) {
     const BatchClock::time_point alone = BatchClock::now();
-    BatchTask* one[] = {task};
+    BatchTask* one[] = {task.get()};
     absl::Status own = task->LaunchBatch(one);
     if (own.ok() && metrics != nullptr) {
       metrics->ObserveHostCompute(op, SecondsBetween(alone, BatchClock::now()));
@@ -89,7 +116,7 @@ absl::Status Batcher::Schedule(std::unique_ptr<BatchTask>* task) {
     std::vector<std::unique_ptr<BatchTask>> batch;
     batch.push_back(std::move(*task));
     mu_.Unlock();
-    RunBatch(options_.metrics, std::move(batch));
+    RunBatch(options_.metrics, std::move(batch), options_.offload);
     mu_.Lock();
     LaunchedLocked(own_key);
     return absl::OkStatus();
@@ -191,7 +218,7 @@ void Batcher::WorkerLoop() {
       }
       taken.expired.clear();
       const bool launched = !taken.batch.empty();
-      if (launched) RunBatch(options_.metrics, std::move(taken.batch));
+      if (launched) RunBatch(options_.metrics, std::move(taken.batch), options_.offload);
       mu_.Lock();
       if (launched) LaunchedLocked(taken.key);
       continue;

@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "server/batch_plan.h"
@@ -77,12 +78,20 @@ class BatchTask {
   BatchClock::time_point enqueued;
 };
 
+// Runs a closure on another thread, or answers an error and leaves it in
+// *closure, unrun (Executor::TrySchedule).
+using Offload = std::function<absl::Status(absl::AnyInvocable<void() &&>* closure)>;
+
 // Runs `batch` (non-empty, one key) as one launch and calls every task's
 // Done: tasks whose caller is gone get CANCELLED/DEADLINE_EXCEEDED without
 // running; if the launch fails, each remaining task is run alone, so one
 // bad request cannot fail its neighbours. Records the queue time of each
 // task and the launch (requests, rows, kernel time) when `metrics` is set.
-void RunBatch(ServerMetrics* metrics, std::vector<std::unique_ptr<BatchTask>> batch);
+// With `offload`, a large batch's answers (Done: gRPC sends each response
+// on the thread that calls it, ~10 us each) are split into chunks run on
+// other threads, so that this thread is free for the next batch sooner.
+void RunBatch(ServerMetrics* metrics, std::vector<std::unique_ptr<BatchTask>> batch,
+              const Offload& offload = nullptr);
 
 class Batcher {
  public:
@@ -104,6 +113,8 @@ class Batcher {
     std::function<void()> thread_init;
     // Where launches are recorded; may be null.
     ServerMetrics* metrics = nullptr;
+    // Where a batch's answers may run (see RunBatch); may be empty.
+    Offload offload;
   };
 
   explicit Batcher(Options options);

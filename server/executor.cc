@@ -15,6 +15,10 @@ Executor::Executor(Options options) : options_(options) {
 Executor::~Executor() { Shutdown(); }
 
 absl::Status Executor::Schedule(absl::AnyInvocable<void() &&> task) {
+  return TrySchedule(&task);  // on refusal `task` dies here, unrun
+}
+
+absl::Status Executor::TrySchedule(absl::AnyInvocable<void() &&>* task) {
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("the server is draining for shutdown");
   if (static_cast<int64_t>(queue_.size()) >= options_.max_queue_size) {
@@ -22,7 +26,7 @@ absl::Status Executor::Schedule(absl::AnyInvocable<void() &&> task) {
         "the request queue is full (", queue_.size(),
         " waiting, --max_queue_size=", options_.max_queue_size, "); retry with backoff"));
   }
-  queue_.push_back(std::move(task));
+  queue_.push_back(std::move(*task));
   return absl::OkStatus();
 }
 

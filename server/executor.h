@@ -40,6 +40,9 @@ class Executor {
   // when the queue is full, UNAVAILABLE after Shutdown(); the task is then
   // destroyed without running.
   absl::Status Schedule(absl::AnyInvocable<void() &&> task);
+  // The same, but a refused task stays in *task, unrun, for the caller to
+  // run or answer itself (a task that must run exactly once).
+  absl::Status TrySchedule(absl::AnyInvocable<void() &&>* task);
 
   // Runs every queued task, then joins the workers. Idempotent.
   void Shutdown();

@@ -45,7 +45,10 @@ ABSL_FLAG(int64_t, max_batch_rows, 4096, "Most rows (tokens) in one batched laun
 ABSL_FLAG(int64_t, max_queue_delay_us, 0,
           "Longest wait for a batch to fill, in microseconds (0: take what queued meanwhile)");
 ABSL_FLAG(int, max_inflight_batches, 0,
-          "Batched launches of one op and shape in flight at once (0: 4 on a GPU, 1 on the CPU)");
+          "Batched launches of one op and shape in flight at once (0: 2 on a GPU, 1 on the CPU)");
+ABSL_FLAG(int64_t, inline_request_bytes, 64 * 1024,
+          "Batchable requests up to this many payload bytes run on the gRPC thread when their "
+          "queue is idle (0: never)");
 ABSL_FLAG(std::vector<std::string>, preload, {},
           "Safetensors files to load before reporting SERVING: comma-separated PATH or "
           "PATH:PREFIX, relative to --model_dir; repeatable");
@@ -112,6 +115,7 @@ int main(int argc, char** argv) {
   options.max_batch_rows = absl::GetFlag(FLAGS_max_batch_rows);
   options.max_queue_delay_us = absl::GetFlag(FLAGS_max_queue_delay_us);
   options.max_inflight_batches = absl::GetFlag(FLAGS_max_inflight_batches);
+  options.inline_request_bytes = absl::GetFlag(FLAGS_inline_request_bytes);
   options.access_log = absl::GetFlag(FLAGS_access_log);
   preload_args.push_back(absl::StrJoin(absl::GetFlag(FLAGS_preload), ","));
   for (const std::string& list : preload_args) {

@@ -127,6 +127,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     return absl::InvalidArgumentError(absl::StrCat(
         "--max_queue_delay_us: expected >= 0 (0 = no wait), found ", options.max_queue_delay_us));
   }
+  if (options.inline_request_bytes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--inline_request_bytes: expected >= 0 (0 = never), found ", options.inline_request_bytes));
+  }
   if (options.max_inflight_batches < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max_inflight_batches: expected >= 0 (0 = auto), found ", options.max_inflight_batches));
@@ -167,7 +171,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   state->metrics_port = state->metrics_endpoint->port();
 
   const int inflight = options.max_inflight_batches > 0 ? options.max_inflight_batches
-                       : serving.is_cuda()              ? 4
+                       : serving.is_cuda()              ? 2
                                                         : 1;
   if (options.batching) {
     Batcher::Options batcher_options;
@@ -181,6 +185,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     batcher_options.threads = threads;
     batcher_options.thread_init = [&serving] { serving.InitThread(); };
     batcher_options.metrics = state->metrics.get();
+    // A batch's answers spread over the executor's threads: the worker
+    // goes on to the next batch instead of sending every response itself.
+    batcher_options.offload = [executor =
+                                   state->executor.get()](absl::AnyInvocable<void() &&>* closure) {
+      return executor->TrySchedule(closure);
+    };
     state->batcher = std::make_unique<Batcher>(std::move(batcher_options));
   }
 
@@ -198,6 +208,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   context.model_dir = options.model_dir;
   context.auth_token = options.auth_token;
   context.access_log = options.access_log;
+  context.inline_request_bytes = options.inline_request_bytes;
   context.batching.set_enabled(options.batching);
   context.batching.set_max_batch_rows(options.max_batch_rows);
   context.batching.set_max_queue_delay_us(options.max_queue_delay_us);
@@ -239,6 +250,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
             << " max_batch_rows=" << options.max_batch_rows
             << " max_queue_delay_us=" << options.max_queue_delay_us
             << " max_inflight_batches=" << inflight
+            << " inline_request_bytes=" << options.inline_request_bytes
             << " model_dir=" << (options.model_dir.empty() ? "(none)" : options.model_dir)
             << " auth=" << (options.auth_token.empty() ? "off" : "token")
             << " access_log=" << (options.access_log ? "on" : "off") << " grpc=" << s.grpc_host

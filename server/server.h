@@ -60,9 +60,12 @@ struct ServerOptions {
   bool batching = true;
   int64_t max_batch_rows = 4096;
   int64_t max_queue_delay_us = 0;
-  // Launches of one batch key in flight at once; 0 = auto (4 on a GPU,
+  // Launches of one batch key in flight at once; 0 = auto (2 on a GPU,
   // where consecutive batches overlap on the workers' streams; 1 on the CPU).
   int max_inflight_batches = 0;
+  // Batchable requests of at most this many payload bytes run on the gRPC
+  // thread when their queue is idle, saving two thread hand-offs; 0: never.
+  int64_t inline_request_bytes = 64 * 1024;
 };
 
 class Server {

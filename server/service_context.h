@@ -35,6 +35,9 @@ struct ServiceContext {
   std::string model_dir;    // LoadTensors root; empty disables LoadTensors
   std::string auth_token;   // empty: no authentication
   bool access_log = false;  // one LOG(INFO) line per finished call (--access_log)
+  // Batchable requests up to this many payload bytes run on the gRPC thread
+  // when their queue is idle (--inline_request_bytes; 0: never).
+  int64_t inline_request_bytes = 64 * 1024;
   v1::BatchingSettings batching;
   std::atomic<bool> draining{false};
 };

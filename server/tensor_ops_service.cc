@@ -101,7 +101,7 @@ grpc::ServerUnaryReactor* TensorOpsService::RunBatched(grpc::CallbackServerConte
       // A small request's kernel (and, on a GPU, its round trip of a few
       // microseconds) costs less than the hand-off to a worker: two thread
       // wake-ups. Large ones leave the gRPC thread to its network work.
-      const bool runs_inline = request_bytes <= kInlinePayloadBytes;
+      const bool runs_inline = request_bytes <= service_->inline_request_bytes;
       std::unique_ptr<BatchTask> task = std::make_unique<OpTask<Traits>>(
           &service_->env, std::move(*item), call, runs_inline,
           [this, call, reactor, method, start, req, resp](absl::Status status) {

@@ -175,6 +175,73 @@ TEST(Batcher, AKeyKeepsUpToMaxInflightLaunchesRunningAndQueuesTheRest) {
   for (const auto& [id, status] : log.done) EXPECT_TRUE(status.ok()) << id;
 }
 
+// Runs offloaded closures on threads of its own (or refuses them all).
+class FakeOffload {
+ public:
+  explicit FakeOffload(bool accept) : accept_(accept) {}
+  ~FakeOffload() {
+    for (std::thread& t : threads_) t.join();
+  }
+  Offload Get() {
+    return [this](absl::AnyInvocable<void() &&>* closure) {
+      absl::MutexLock lock(&mu_);
+      ++calls_;
+      if (!accept_) return absl::ResourceExhaustedError("full");
+      threads_.emplace_back(std::move(*closure));
+      return absl::OkStatus();
+    };
+  }
+  int calls() {
+    absl::MutexLock lock(&mu_);
+    return calls_;
+  }
+
+ private:
+  const bool accept_;
+  absl::Mutex mu_;
+  int calls_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
+};
+
+// One launch of 1 + `queued` tasks of key "a" (the queued ones wait behind
+// a blocked first launch), with `offload`.
+void RunOneBigBatch(Log& log, Offload offload, int queued) {
+  absl::Notification gate;
+  Batcher::Options options = TestOptions();
+  options.offload = std::move(offload);
+  Batcher batcher(options);
+  auto first = Task(0, "a", &log);
+  first->BlockOn(&gate);
+  ASSERT_TRUE(Schedule(batcher, std::move(first)).ok());
+  log.WaitLaunches(1);
+  for (int id = 1; id <= queued; ++id) ASSERT_TRUE(Schedule(batcher, Task(id, "a", &log)).ok());
+  gate.Notify();
+  log.WaitDone(static_cast<size_t>(queued) + 1);
+}
+
+TEST(Batcher, ALargeBatchAnswersInChunksOnOtherThreads) {
+  Log log;
+  FakeOffload offload(/*accept=*/true);
+  RunOneBigBatch(log, offload.Get(), 20);
+  // 20 answers: chunks of 8 go out while more than 8 remain (two), the
+  // last 4 are answered by the worker.
+  EXPECT_EQ(offload.calls(), 2);
+  absl::MutexLock lock(&log.mu);
+  ASSERT_EQ(log.launches.size(), 2u);
+  EXPECT_EQ(log.launches[1].size(), 20u);
+  for (const auto& [id, status] : log.done) EXPECT_TRUE(status.ok()) << id;
+}
+
+TEST(Batcher, AnswersARefusedChunkItself) {
+  Log log;
+  FakeOffload offload(/*accept=*/false);
+  RunOneBigBatch(log, offload.Get(), 20);
+  EXPECT_EQ(offload.calls(), 2);
+  absl::MutexLock lock(&log.mu);
+  EXPECT_EQ(log.done.size(), 21u);
+  for (const auto& [id, status] : log.done) EXPECT_TRUE(status.ok()) << id;
+}
+
 TEST(Batcher, DifferentKeysNeverShareALaunchAndRunSideBySide) {
   Log log;
   absl::Notification gate;
