@@ -99,6 +99,12 @@ absl::StatusOr<std::unique_ptr<ServingDevice>> ServingDevice::Open(const std::st
   auto device =
       Ptr(new ServingDevice(kernels::Backend::kCuda, ordinal, absl::StrCat("cuda:", ordinal)));
   device->InitThread();
+#if ACCEL_WITH_CUDA
+  int unified = 0, map_host = 0;
+  cudaDeviceGetAttribute(&unified, cudaDevAttrUnifiedAddressing, ordinal);
+  cudaDeviceGetAttribute(&map_host, cudaDevAttrCanMapHostMemory, ordinal);
+  device->zero_copy_ = unified != 0 && map_host != 0;
+#endif
   return device;
 }
 
@@ -186,8 +192,30 @@ void ServingDevice::NoteFailure(const absl::Status& status) const {
 
 // ------------------------------------------------------------- CallScope
 
+namespace {
+
+// The kernels of these ops read each input byte and write each output byte
+// once, so pinned host memory serves them as well as a copy would.
+bool TouchesEachByteOnce(Op op) {
+  switch (op) {
+    case Op::kRmsNorm:
+    case Op::kSwiGlu:
+    case Op::kRope:
+    case Op::kQuantize:
+    case Op::kDequantize:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
 CallScope::CallScope(const ServingDevice& device, ServerMetrics* metrics, Op op)
-    : device_(device), metrics_(metrics), op_(op) {
+    : device_(device),
+      metrics_(metrics),
+      op_(op),
+      zero_copy_(device.zero_copy_ && TouchesEachByteOnce(op)) {
   ctx_.backend = device.backend();
   ctx_.scratch = this;
 #if ACCEL_WITH_CUDA
@@ -209,7 +237,7 @@ CallScope::~CallScope() {
   if (device_.is_cuda()) {
     // Scratch returns to a cache other streams allocate from: wait until
     // this call's kernels are done with it.
-    if (work_pending_ && !finished_) cudaStreamSynchronize(t_cuda.stream);
+    if (!finished_) cudaStreamSynchronize(t_cuda.stream);
     if (timed_) t_cuda.timing = false;
     for (void* p : scratch_) kernels::cuda::DeviceFree(device_.ordinal_, p);
     for (void* p : pinned_) kernels::cuda::PinnedFree(p);
@@ -227,7 +255,6 @@ absl::StatusOr<void*> CallScope::Allocate(size_t bytes) {
     absl::Status s = Cuda(kernels::cuda::DeviceAlloc(device_.ordinal_, rounded, &p), "scratch");
     if (!s.ok()) return s;
     scratch_.push_back(p);
-    work_pending_ = true;
     return p;
   }
 #endif
@@ -237,12 +264,24 @@ absl::StatusOr<void*> CallScope::Allocate(size_t bytes) {
   return p;
 }
 
+absl::StatusOr<void*> CallScope::Pinned(size_t bytes) {
+#if ACCEL_WITH_CUDA
+  void* pinned = nullptr;
+  absl::Status s = Cuda(kernels::cuda::PinnedAlloc(bytes, &pinned), "pinned staging");
+  if (!s.ok()) return s;
+  pinned_.push_back(pinned);
+  return pinned;
+#else
+  return absl::InternalError("pinned memory needs the CUDA backend");
+#endif
+}
+
 absl::Status CallScope::Upload(void* device, const void* host, size_t n) {
 #if ACCEL_WITH_CUDA
   absl::Status s =
       Cuda(cudaMemcpyAsync(device, host, n, cudaMemcpyHostToDevice, t_cuda.stream), "upload");
   if (!s.ok()) return s;
-  work_pending_ = uploaded_ = true;
+  uploaded_ = true;
   // Re-recorded after each upload: the kernel phase starts after the last.
   if (timed_) cudaEventRecord(t_cuda.uploaded, t_cuda.stream);
 #endif
@@ -266,7 +305,7 @@ void CallScope::RecordPhases() const {
   if (auto s = seconds(uploaded_ ? t.uploaded : t.start, t.computed)) {
     metrics_->ObserveCompute(op_, Phase::kKernel, *s);
   }
-  if (!results_.empty()) {
+  if (downloads_) {
     if (auto s = seconds(t.computed, t.downloaded)) metrics_->ObserveCompute(op_, Phase::kD2H, *s);
   }
 #endif
@@ -276,14 +315,15 @@ absl::StatusOr<kernels::ConstTensorView> CallScope::Stage(const kernels::ConstTe
   if (!device_.is_cuda() || host.nbytes() == 0) return host;
 #if ACCEL_WITH_CUDA
   const size_t n = host.nbytes();
-  void* pinned = nullptr;
-  absl::Status s = Cuda(kernels::cuda::PinnedAlloc(n, &pinned), "pinned staging");
-  if (!s.ok()) return s;
-  pinned_.push_back(pinned);
-  std::memcpy(pinned, host.data, n);
+  auto pinned = Pinned(n);
+  if (!pinned.ok()) return pinned.status();
+  std::memcpy(*pinned, host.data, n);
+  if (zero_copy_ && n <= kZeroCopyBytes) {
+    return kernels::ConstTensorView{host.dtype, host.shape, *pinned};
+  }
   auto device = Allocate(n);
   if (!device.ok()) return device.status();
-  s = Upload(*device, pinned, n);
+  absl::Status s = Upload(*device, *pinned, n);
   if (!s.ok()) return s;
   return kernels::ConstTensorView{host.dtype, host.shape, *device};
 #else
@@ -301,13 +341,11 @@ absl::StatusOr<kernels::ConstTensorView> CallScope::StageConcat(
     return Stage(whole);
   }
   void* host = nullptr;
-#if ACCEL_WITH_CUDA
   if (device_.is_cuda()) {
-    absl::Status s = Cuda(kernels::cuda::PinnedAlloc(n, &host), "pinned staging");
-    if (!s.ok()) return s;
-    pinned_.push_back(host);
+    auto pinned = Pinned(n);
+    if (!pinned.ok()) return pinned.status();
+    host = *pinned;
   }
-#endif
   if (host == nullptr) {
     auto scratch = Allocate(n);  // host scratch on the CPU
     if (!scratch.ok()) return scratch.status();
@@ -323,7 +361,7 @@ absl::StatusOr<kernels::ConstTensorView> CallScope::StageConcat(
   if (offset != n) return absl::InternalError("StageConcat: parts do not fill the shape");
   whole.data = host;
 #if ACCEL_WITH_CUDA
-  if (device_.is_cuda() && n > 0) {
+  if (device_.is_cuda() && n > 0 && !(zero_copy_ && n <= kZeroCopyBytes)) {
     auto device = Allocate(n);
     if (!device.ok()) return device.status();
     absl::Status s = Upload(*device, host, n);
@@ -336,34 +374,34 @@ absl::StatusOr<kernels::ConstTensorView> CallScope::StageConcat(
 
 absl::StatusOr<void*> CallScope::ResultBuffer(void* host_dst, size_t nbytes) {
   if (!device_.is_cuda() || nbytes == 0) return host_dst;
-#if ACCEL_WITH_CUDA
-  void* pinned = nullptr;
-  absl::Status s = Cuda(kernels::cuda::PinnedAlloc(nbytes, &pinned), "pinned staging");
-  if (!s.ok()) return s;
-  pinned_.push_back(pinned);
+  auto pinned = Pinned(nbytes);
+  if (!pinned.ok()) return pinned.status();
+  if (zero_copy_ && nbytes <= kZeroCopyBytes) {
+    results_.push_back(PendingCopy{nullptr, *pinned, host_dst, nbytes});
+    return *pinned;
+  }
   auto device = Allocate(nbytes);
   if (!device.ok()) return device.status();
-  results_.push_back(PendingCopy{*device, pinned, host_dst, nbytes});
+  results_.push_back(PendingCopy{*device, *pinned, host_dst, nbytes});
+  downloads_ = true;
   return *device;
-#else
-  return host_dst;
-#endif
 }
 
 absl::Status CallScope::Finish() {
   if (finished_) return finish_status_;
   finished_ = true;
 #if ACCEL_WITH_CUDA
-  if (device_.is_cuda() && work_pending_) {
+  if (device_.is_cuda()) {
     cudaStream_t stream = t_cuda.stream;
     if (timed_) cudaEventRecord(t_cuda.computed, stream);
     for (const PendingCopy& copy : results_) {
+      if (copy.device == nullptr) continue;  // written in place
       finish_status_ = Cuda(
           cudaMemcpyAsync(copy.pinned, copy.device, copy.nbytes, cudaMemcpyDeviceToHost, stream),
           "download");
       if (!finish_status_.ok()) break;
     }
-    if (timed_ && !results_.empty()) cudaEventRecord(t_cuda.downloaded, stream);
+    if (timed_ && downloads_) cudaEventRecord(t_cuda.downloaded, stream);
     const absl::Status synced = Cuda(cudaStreamSynchronize(stream), "kernel execution");
     if (finish_status_.ok()) finish_status_ = synced;
     if (finish_status_.ok()) {

@@ -10,10 +10,22 @@
 // every step is the identity: inline inputs are used where they arrived and
 // results are written straight into the response.
 //
+// Small tensors (up to kZeroCopyBytes) of the ops whose kernels touch each
+// input and output byte once (RmsNorm, SwiGlu, Rope, Quantize, Dequantize;
+// not a GEMM, whose every block rereads the activations) skip the copy
+// engines: Stage returns
+// the pinned staging block itself and ResultBuffer hands the kernel a pinned
+// block, which the kernel reads or writes in place over PCIe (mapped memory,
+// one pointer for host and device by unified addressing). A one-row request
+// then costs one kernel launch and one synchronisation instead of two more
+// copy operations, each several microseconds of launch and DMA latency;
+// larger tensors are copied, since reads over PCIe run far below HBM speed.
+//
 // Given a ServerMetrics, a CallScope on CUDA times its call's phases with
 // events on its stream (start; after the last upload; before and after the
 // downloads) and records accel_compute_duration_seconds{phase=h2d|kernel|
-// d2h} after Finish: device time, which the host clock cannot see.
+// d2h} after Finish: device time, which the host clock cannot see. A call
+// whose bytes all went zero-copy has only the kernel phase.
 //
 // A sticky CUDA error (an illegal address poisons the context) is latched:
 // later calls fail with it, and the server reports NOT_SERVING.
@@ -38,6 +50,11 @@
 namespace accel::server {
 
 class CallScope;
+
+// Tensors up to this many bytes are read and written by kernels in pinned
+// host memory instead of being copied (see CallScope).
+inline constexpr size_t kZeroCopyBytes = 64 * 1024;
+
 class ServerMetrics;  // server/metrics.h
 enum class Op : int;  // server/metrics.h
 
@@ -78,6 +95,8 @@ class ServingDevice {
   const kernels::Backend backend_;
   const int ordinal_;
   const std::string name_;
+  // Kernels can use pinned host pointers as they are (unified addressing).
+  bool zero_copy_ = false;
   mutable absl::Mutex mu_;
   mutable absl::Status latched_ ABSL_GUARDED_BY(mu_);
   mutable std::atomic<bool> poisoned_{false};
@@ -87,8 +106,8 @@ class ServingDevice {
 
 class CallScope final : public kernels::ScratchAllocator {
  public:
-  // `metrics` (may be null) receives the call's device phases as `op`.
-  explicit CallScope(const ServingDevice& device, ServerMetrics* metrics = nullptr, Op op = {});
+  // A call of `op`; `metrics` (may be null) receives its device phases.
+  CallScope(const ServingDevice& device, ServerMetrics* metrics, Op op);
   ~CallScope() override;  // waits for the stream if work is pending, frees scratch
   CallScope(const CallScope&) = delete;
   CallScope& operator=(const CallScope&) = delete;
@@ -117,17 +136,20 @@ class CallScope final : public kernels::ScratchAllocator {
   absl::StatusOr<void*> ResultBuffer(void* host_dst, size_t nbytes);
 
   // Copies inline results back and waits for the call's device work (once;
-  // later calls return the same status). Resident results may be published
-  // only after this.
+  // later calls return the same status; on CUDA it always synchronises, as
+  // a kernel may have run with resident inputs and outputs alone). Resident
+  // results may be published only after this.
   absl::Status Finish();
 
  private:
   struct PendingCopy {
-    void* device;
+    void* device;  // null: the kernel wrote `pinned` in place (zero-copy)
     void* pinned;
     void* host;
     size_t nbytes;
   };
+  // A pinned block that lives as long as the scope.
+  absl::StatusOr<void*> Pinned(size_t bytes);
 
   // Enqueues the upload of `n` bytes from pinned `host` to `device`.
   absl::Status Upload(void* device, const void* host, size_t n);
@@ -137,6 +159,7 @@ class CallScope final : public kernels::ScratchAllocator {
   const ServingDevice& device_;
   ServerMetrics* const metrics_;
   const Op op_;
+  const bool zero_copy_;   // small tensors stay in pinned memory (see above)
   bool timed_ = false;     // events recorded on the stream (CUDA with metrics)
   bool uploaded_ = false;  // an H2D copy was enqueued
   kernels::ExecContext ctx_;
@@ -144,7 +167,7 @@ class CallScope final : public kernels::ScratchAllocator {
   std::vector<void*> pinned_;   // pinned blocks to free
   std::vector<PendingCopy> results_;
   bool finished_ = false;
-  bool work_pending_ = false;
+  bool downloads_ = false;  // some result is copied back by the copy engine
   absl::Status finish_status_;
 };
 

@@ -166,8 +166,12 @@ class Pool {
   cudaError_t DriverAlloc(size_t size, void** p) {
     DeviceScope scope(device_);
     // Portable: a pinned staging block may serve copies to any device.
-    return device_ == kPinnedMemory ? cudaHostAlloc(p, size, cudaHostAllocPortable)
-                                    : cudaMalloc(p, size);
+    // Mapped: kernels may read and write it in place over PCIe (the server
+    // does so for small tensors; with unified addressing the device pointer
+    // is the host pointer).
+    return device_ == kPinnedMemory
+               ? cudaHostAlloc(p, size, cudaHostAllocPortable | cudaHostAllocMapped)
+               : cudaMalloc(p, size);
   }
 
   const int device_;

@@ -18,7 +18,9 @@ namespace accel::kernels::cuda {
 
 cudaError_t DeviceAlloc(int device, size_t bytes, void** ptr);
 void DeviceFree(int device, void* ptr);
-// Pinned host memory for staging copies, cached likewise.
+// Pinned host memory for staging copies, cached likewise. Mapped into the
+// device's address space: with unified addressing (every 64-bit Linux
+// process) a kernel may use the returned pointer directly.
 cudaError_t PinnedAlloc(size_t bytes, void** ptr);
 void PinnedFree(void* ptr);
 
