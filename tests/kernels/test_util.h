@@ -11,10 +11,12 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "accel/kernels/convert.h"
+#include "accel/kernels/ops.h"
 #include "accel/kernels/tensor.h"
 #include "reference.h"
 
@@ -81,6 +83,23 @@ struct HostTensor {
 };
 
 // A fresh seed per call, printed with every failure.
+// The Quantize tests' cases: every float dtype x `shapes` x both
+// granularities, less per-row on a 0-d tensor (CheckQuantize rejects it;
+// a test of its own covers that).
+inline std::vector<std::tuple<DType, Shape, Granularity>> QuantizeCases(
+    const std::vector<Shape>& shapes) {
+  std::vector<std::tuple<DType, Shape, Granularity>> cases;
+  for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+    for (const Shape& shape : shapes) {
+      for (Granularity gran : {Granularity::kPerTensor, Granularity::kPerRow}) {
+        if (!(shape.empty() && gran == Granularity::kPerRow))
+          cases.emplace_back(dtype, shape, gran);
+      }
+    }
+  }
+  return cases;
+}
+
 inline uint64_t NewSeed() {
   static std::random_device rd;
   return (static_cast<uint64_t>(rd()) << 32) ^ rd();
