@@ -16,6 +16,7 @@
 #include "cuda_test_util.h"
 #include "reference.h"
 #include "test_util.h"
+#include "weight_util.h"
 
 namespace accel::kernels {
 namespace {
@@ -25,69 +26,27 @@ using testing::DeviceScratch;
 using testing::DeviceTensor;
 using testing::HostTensor;
 
-enum class WeightKind { kSameFloat, kOtherFloat, kInt8PerRow, kInt8PerTensor };
+using testing::KindName;
+using testing::OtherFloat;
+using testing::TestWeight;
+using testing::WeightKind;
 
-const char* KindName(WeightKind k) {
-  switch (k) {
-    case WeightKind::kSameFloat:
-      return "same_float";
-    case WeightKind::kOtherFloat:
-      return "other_float";
-    case WeightKind::kInt8PerRow:
-      return "int8_per_row";
-    case WeightKind::kInt8PerTensor:
-      return "int8_per_tensor";
-  }
-  return "?";
-}
-
-DType OtherFloat(DType d) { return testing::FloatDTypes()[static_cast<int>(d) % 3]; }
-
-// A weight [rows, cols] on the host and on the device.
-struct TestWeight {
-  HostTensor values;
-  HostTensor scales;
-  bool quantized = false;
+// A weight on the host (testing::TestWeight) and a copy on the device.
+struct CudaTestWeight : testing::TestWeight {
   std::unique_ptr<DeviceTensor> d_values, d_scales;
 
-  WeightView host_view() const {
-    WeightView w{values.view(), std::nullopt};
-    if (quantized) w.scales = scales.view();
-    return w;
-  }
+  WeightView host_view() const { return view(); }
   WeightView device_view() const {
     WeightView w{d_values->view(), std::nullopt};
     if (quantized) w.scales = d_scales->view();
     return w;
   }
-  std::vector<double> ref_scales() const {
-    return quantized ? scales.values() : std::vector<double>{};
-  }
 };
 
-TestWeight MakeWeight(WeightKind kind, DType input_dtype, int64_t rows, int64_t cols,
-                      std::mt19937_64& rng) {
-  TestWeight w;
-  const double bound = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(cols, 1)));
-  switch (kind) {
-    case WeightKind::kSameFloat:
-      w.values = testing::RandomTensor(input_dtype, {rows, cols}, rng, -bound, bound);
-      break;
-    case WeightKind::kOtherFloat:
-      w.values = testing::RandomTensor(OtherFloat(input_dtype), {rows, cols}, rng, -bound, bound);
-      break;
-    case WeightKind::kInt8PerRow:
-    case WeightKind::kInt8PerTensor: {
-      w.quantized = true;
-      w.values = HostTensor(DType::kInt8, {rows, cols});
-      std::uniform_int_distribution<int> q(-127, 127);
-      for (int64_t i = 0; i < w.values.size(); ++i) w.values.Set(i, q(rng));
-      const bool per_row = kind == WeightKind::kInt8PerRow;
-      w.scales = testing::RandomTensor(DType::kFloat32, per_row ? Shape{rows} : Shape{}, rng,
-                                       bound / 200, bound / 100);
-      break;
-    }
-  }
+CudaTestWeight MakeDeviceWeight(WeightKind kind, DType input_dtype, int64_t rows, int64_t cols,
+                                std::mt19937_64& rng) {
+  CudaTestWeight w;
+  static_cast<testing::TestWeight&>(w) = testing::MakeWeight(kind, input_dtype, rows, cols, rng);
   w.d_values = std::make_unique<DeviceTensor>(w.values);
   if (w.quantized) w.d_scales = std::make_unique<DeviceTensor>(w.scales);
   return w;
@@ -129,7 +88,7 @@ TEST_P(CudaLinearTest, MatchesReferenceAndCpu) {
   std::mt19937_64 rng(seed);
   const Shape in_shape = {c.m, c.k};
   HostTensor x = testing::RandomTensor(dtype, in_shape, rng);
-  TestWeight w = MakeWeight(kind, dtype, c.n, c.k, rng);
+  CudaTestWeight w = MakeDeviceWeight(kind, dtype, c.n, c.k, rng);
   HostTensor bias = testing::RandomTensor(OtherFloat(dtype), {c.n}, rng);
   DeviceTensor dx(x), dbias(bias);
   ASSERT_TRUE(dx.ok() && dbias.ok() && w.d_values->ok());
@@ -194,7 +153,7 @@ TEST_F(CudaTest, EveryW8A16PathMatchesReference) {
       std::mt19937_64 rng(seed);
       const int64_t k = 1024, n = 272;
       HostTensor x = testing::RandomTensor(dtype, {m, k}, rng);
-      TestWeight w = MakeWeight(WeightKind::kInt8PerRow, dtype, n, k, rng);
+      CudaTestWeight w = MakeDeviceWeight(WeightKind::kInt8PerRow, dtype, n, k, rng);
       HostTensor bias = testing::RandomTensor(DType::kFloat32, {n}, rng);
       DeviceTensor dx(x), dbias(bias);
       std::vector<double> mag;
@@ -242,7 +201,7 @@ TEST_F(CudaTest, W8A16RowsAreBatchInvariant) {
     std::mt19937_64 rng(seed);
     const int64_t m = 32, k = 4096, n = 512;
     HostTensor x = testing::RandomTensor(dtype, {m, k}, rng);
-    TestWeight w = MakeWeight(WeightKind::kInt8PerRow, dtype, n, k, rng);
+    CudaTestWeight w = MakeDeviceWeight(WeightKind::kInt8PerRow, dtype, n, k, rng);
     DeviceTensor dx(x);
     DeviceScratch scratch;
     DeviceTensor full(dtype, {m, n});
@@ -275,7 +234,7 @@ TEST_F(CudaTest, LinearWithUnalignedViews) {
       std::mt19937_64 rng(seed);
       const int64_t m = 5, k = 64, n = 40;
       HostTensor x = testing::RandomTensor(dtype, {m, k}, rng);
-      TestWeight w = MakeWeight(kind, dtype, n, k, rng);
+      CudaTestWeight w = MakeDeviceWeight(kind, dtype, n, k, rng);
       HostTensor bias = testing::RandomTensor(dtype, {n}, rng);
       const size_t item = ItemSize(dtype);
       DeviceTensor dx(x, item), dbias(bias, item), dout(dtype, {m, n}, item);
@@ -334,11 +293,11 @@ TEST_P(CudaFfnTest, MatchesReferenceAndCpu) {
   const uint64_t seed = testing::NewSeed();
   std::mt19937_64 rng(seed);
   HostTensor x = testing::RandomTensor(dtype, {c.m, c.h}, rng);
-  TestWeight wg = MakeWeight(kind, dtype, c.i, c.h, rng);
-  TestWeight wu = MakeWeight(kind == WeightKind::kInt8PerRow ? WeightKind::kInt8PerTensor : kind,
-                             dtype, c.i, c.h, rng);
-  TestWeight wd = MakeWeight(kind == WeightKind::kSameFloat ? WeightKind::kOtherFloat : kind, dtype,
-                             c.h, c.i, rng);
+  CudaTestWeight wg = MakeDeviceWeight(kind, dtype, c.i, c.h, rng);
+  CudaTestWeight wu = MakeDeviceWeight(
+      kind == WeightKind::kInt8PerRow ? WeightKind::kInt8PerTensor : kind, dtype, c.i, c.h, rng);
+  CudaTestWeight wd = MakeDeviceWeight(
+      kind == WeightKind::kSameFloat ? WeightKind::kOtherFloat : kind, dtype, c.h, c.i, rng);
   HostTensor bg = testing::RandomTensor(DType::kFloat32, {c.i}, rng);
   HostTensor bu = testing::RandomTensor(DType::kFloat16, {c.i}, rng);
   HostTensor bd = testing::RandomTensor(DType::kBFloat16, {c.h}, rng);

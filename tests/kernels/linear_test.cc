@@ -8,6 +8,7 @@
 #include "accel/kernels/ops.h"
 #include "reference.h"
 #include "test_util.h"
+#include "weight_util.h"
 
 namespace accel::kernels {
 namespace {
@@ -15,50 +16,9 @@ namespace {
 using testing::AllClose;
 using testing::HostTensor;
 
-enum class WeightKind { kSameFloat, kOtherFloat, kInt8PerRow, kInt8PerTensor };
-
-// A weight [rows, cols] of the given kind, and its reference values
-// (unscaled) and scales.
-struct TestWeight {
-  HostTensor values;
-  HostTensor scales;
-  bool quantized = false;
-  WeightView view() const {
-    WeightView w{values.view(), std::nullopt};
-    if (quantized) w.scales = scales.view();
-    return w;
-  }
-  std::vector<double> ref_scales() const {
-    return quantized ? scales.values() : std::vector<double>{};
-  }
-};
-
-TestWeight MakeWeight(WeightKind kind, DType input_dtype, int64_t rows, int64_t cols,
-                      std::mt19937_64& rng) {
-  TestWeight w;
-  const double bound = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(cols, 1)));
-  switch (kind) {
-    case WeightKind::kSameFloat:
-      w.values = testing::RandomTensor(input_dtype, {rows, cols}, rng, -bound, bound);
-      break;
-    case WeightKind::kOtherFloat:
-      w.values = testing::RandomTensor(testing::FloatDTypes()[static_cast<int>(input_dtype) % 3],
-                                       {rows, cols}, rng, -bound, bound);
-      break;
-    case WeightKind::kInt8PerRow:
-    case WeightKind::kInt8PerTensor: {
-      w.quantized = true;
-      w.values = HostTensor(DType::kInt8, {rows, cols});
-      std::uniform_int_distribution<int> q(-127, 127);
-      for (int64_t i = 0; i < w.values.size(); ++i) w.values.Set(i, q(rng));
-      const bool per_row = kind == WeightKind::kInt8PerRow;
-      w.scales = testing::RandomTensor(DType::kFloat32, per_row ? Shape{rows} : Shape{}, rng,
-                                       bound / 200, bound / 100);
-      break;
-    }
-  }
-  return w;
-}
+using testing::MakeWeight;
+using testing::TestWeight;
+using testing::WeightKind;
 
 struct LinearCase {
   int64_t m, k, n;
