@@ -14,7 +14,13 @@
 // calls (1 and 16 rows) are timed as a CUDA graph of 100 launches, so the
 // figure is per-kernel time without launch gaps.
 //
-// Usage: cuda_ops_bench [--json FILE] [--iters N] [--quick]
+// Usage: cuda_ops_bench [--json FILE] [--iters N] [--quick] [--ops LIST]
+//                       [--dtypes LIST] [--sizes all|large|small]
+// --ops: comma-separated op names (rmsnorm, rmsnorm_residual, swiglu,
+// rope, quantize_row, dequantize_row) to run, default all; --dtypes: bf16,
+// fp16; --sizes: only the large shapes or only the small (graph) calls. The
+// copy ceiling and the graph floor (an empty kernel: the per-launch cost
+// every small call pays) always run.
 // Single-threaded; uses the current device.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -236,6 +242,19 @@ void BenchCopy() {
               "-", "256MiB", us, g_copy_gbps);
 }
 
+// The floor of a small call: an empty kernel of one warp, timed as the
+// small calls are (graph of 100 launches).
+__global__ void EmptyKernel() {}
+
+void BenchFloor() {
+  const double us = TimeGraph(1, [&](int) {
+    EmptyKernel<<<1, 32, 0, g_stream>>>();
+    CHECK_CUDA(cudaGetLastError());
+  });
+  std::printf("%-18s %-5s %-22s %10.2f us (graph; the per-launch floor)\n", "empty_kernel", "-",
+              "1x32", us);
+}
+
 // --------------------------------------------------------------- RmsNorm
 
 void BenchRmsNorm(cu::ElemType t, int64_t rows, int64_t cols, bool residual, bool small) {
@@ -415,11 +434,23 @@ void WriteJson(const char* path, const cudaDeviceProp& prop) {
   std::fclose(f);
 }
 
+bool InList(const std::string& list, const std::string& name) {
+  if (list.empty()) return true;
+  size_t start = 0;
+  while (start <= list.size()) {
+    const size_t end = std::min(list.find(',', start), list.size());
+    if (list.compare(start, end - start, name) == 0) return true;
+    start = end + 1;
+  }
+  return false;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const char* json = nullptr;
   bool quick = false;
+  std::string ops, dtypes, sizes = "all";
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) {
       json = argv[++i];
@@ -427,11 +458,22 @@ int main(int argc, char** argv) {
       g_iters = std::max(1, std::atoi(argv[++i]));
     } else if (!std::strcmp(argv[i], "--quick")) {
       quick = true;
+    } else if (!std::strcmp(argv[i], "--ops") && i + 1 < argc) {
+      ops = argv[++i];
+    } else if (!std::strcmp(argv[i], "--dtypes") && i + 1 < argc) {
+      dtypes = argv[++i];
+    } else if (!std::strcmp(argv[i], "--sizes") && i + 1 < argc) {
+      sizes = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--json FILE] [--iters N] [--quick]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--json FILE] [--iters N] [--quick] [--ops LIST] [--dtypes LIST] "
+                   "[--sizes all|large|small]\n",
+                   argv[0]);
       return 2;
     }
   }
+  const bool large = sizes != "small", small = sizes != "large";
+  auto want = [&](const char* op) { return InList(ops, op); };
   int device = 0;
   CHECK_CUDA(cudaGetDevice(&device));
   cudaDeviceProp prop;
@@ -442,32 +484,47 @@ int main(int argc, char** argv) {
               prop.multiProcessorCount, g_l2_bytes >> 20, g_iters);
 
   BenchCopy();
+  BenchFloor();
   for (cu::ElemType t : {cu::ElemType::kBF16, cu::ElemType::kF16}) {
-    for (bool residual : {false, true}) {
-      BenchRmsNorm(t, 4096, 4096, residual, false);
-      if (!quick) {
-        BenchRmsNorm(t, 65536, 4096, residual, false);
-        BenchRmsNorm(t, 16384, 8192, residual, false);
+    if (!InList(dtypes, Name(t))) continue;
+    if (large) {
+      for (bool residual : {false, true}) {
+        if (!want(residual ? "rmsnorm_residual" : "rmsnorm")) continue;
+        BenchRmsNorm(t, 4096, 4096, residual, false);
+        if (!quick) {
+          BenchRmsNorm(t, 65536, 4096, residual, false);
+          BenchRmsNorm(t, 16384, 8192, residual, false);
+        }
+      }
+      if (want("swiglu")) {
+        BenchSwiGlu(t, 4096, 11008, false);
+        if (!quick) BenchSwiGlu(t, 32768, 14336, false);
+      }
+      if (want("rope")) {
+        for (bool half_split : {true, false}) {
+          BenchRope(t, 1, 8192, 32, 8, 128, half_split, false);
+          if (!quick) BenchRope(t, 16, 2048, 32, 8, 128, half_split, false);
+        }
+      }
+      if (want("quantize_row")) {
+        BenchQuantize(t, 4096, 4096, false);
+        if (!quick) BenchQuantize(t, 65536, 4096, false);
+      }
+      if (want("dequantize_row")) {
+        BenchDequantize(t, 4096, 4096, false);
+        if (!quick) BenchDequantize(t, 65536, 4096, false);
       }
     }
-    BenchSwiGlu(t, 4096, 11008, false);
-    if (!quick) BenchSwiGlu(t, 32768, 14336, false);
-    for (bool half_split : {true, false}) {
-      BenchRope(t, 1, 8192, 32, 8, 128, half_split, false);
-      if (!quick) BenchRope(t, 16, 2048, 32, 8, 128, half_split, false);
-    }
-    BenchQuantize(t, 4096, 4096, false);
-    if (!quick) BenchQuantize(t, 65536, 4096, false);
-    BenchDequantize(t, 4096, 4096, false);
-    if (!quick) BenchDequantize(t, 65536, 4096, false);
     // Small calls: per-kernel time (graph of 100 launches).
-    for (int64_t rows : {1, 16}) {
-      BenchRmsNorm(t, rows, 4096, false, true);
-      BenchRmsNorm(t, rows, 4096, true, true);
-      BenchSwiGlu(t, rows, 11008, true);
-      BenchRope(t, 1, rows, 32, 8, 128, true, true);
-      BenchQuantize(t, rows, 4096, true);
-      BenchDequantize(t, rows, 4096, true);
+    if (small) {
+      for (int64_t rows : {1, 16}) {
+        if (want("rmsnorm")) BenchRmsNorm(t, rows, 4096, false, true);
+        if (want("rmsnorm_residual")) BenchRmsNorm(t, rows, 4096, true, true);
+        if (want("swiglu")) BenchSwiGlu(t, rows, 11008, true);
+        if (want("rope")) BenchRope(t, 1, rows, 32, 8, 128, true, true);
+        if (want("quantize_row")) BenchQuantize(t, rows, 4096, true);
+        if (want("dequantize_row")) BenchDequantize(t, rows, 4096, true);
+      }
     }
   }
   if (json != nullptr) WriteJson(json, prop);

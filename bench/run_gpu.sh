@@ -3,7 +3,8 @@
 # table: ours (cuda_ops_bench) next to PyTorch eager and torch.compile
 # (bench/torch_peer.py), same shapes, same byte counts, one device.
 #
-# Usage: bench/run_gpu.sh [BUILD_DIR (default build)] [OUT_DIR (default bench_out)] [--quick]
+# Usage: bench/run_gpu.sh [BUILD_DIR (default build)] [OUT_DIR (default bench_out)] [FLAGS...]
+# FLAGS go to both programs: --quick, --ops LIST, --dtypes LIST, --sizes all|large|small.
 # Writes OUT_DIR/{ours,torch}.{json,txt} and OUT_DIR/table.md.
 # Columns: time in us, GB/s of the bytes that must move, ours/copy = our GB/s
 # over the D2D copy's measured in the same run, and our speed-up over eager
@@ -12,11 +13,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
 out=${2:-bench_out}
-quick=${3:-}
+shift $(( $# < 2 ? $# : 2 ))
 mkdir -p "$out"
 
-"$build/bench/cuda_ops_bench" --json "$out/ours.json" $quick | tee "$out/ours.txt"
-python3 bench/torch_peer.py --json "$out/torch.json" $quick | tee "$out/torch.txt"
+"$build/bench/cuda_ops_bench" --json "$out/ours.json" "$@" | tee "$out/ours.txt"
+python3 bench/torch_peer.py --json "$out/torch.json" "$@" | tee "$out/torch.txt"
 
 python3 - "$out/ours.json" "$out/torch.json" <<'EOF' | tee "$out/table.md"
 import json, math, sys

@@ -11,6 +11,8 @@ The math follows the accel contract (fp32, one rounding at the end), the
 fairest like-for-like; the byte counts are the same as cuda_ops_bench's.
 
 Usage: python3 bench/torch_peer.py [--json FILE] [--iters N] [--quick]
+                                   [--ops LIST] [--dtypes LIST] [--sizes all|large|small]
+(--ops, --dtypes and --sizes pick rows as cuda_ops_bench's flags of the same names do.)
 """
 import argparse
 import json
@@ -227,8 +229,15 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--ops", default="", help="comma-separated op names (default: all)")
+    ap.add_argument("--dtypes", default="", help="bf16,fp16 (default: both)")
+    ap.add_argument("--sizes", default="all", choices=("all", "large", "small"))
     args = ap.parse_args()
     ITERS = max(1, args.iters)
+    ops = set(filter(None, args.ops.split(",")))
+    dtypes = set(filter(None, args.dtypes.split(",")))
+    want = lambda op: not ops or op in ops
+    large, small = args.sizes != "small", args.sizes != "large"
     # One compiled function serves every shape and dtype of its op (up to ~10
     # specialisations): lift dynamo's recompile limit (8) so that none falls
     # back to eager.
@@ -240,31 +249,47 @@ def main():
     print(f"device {prop.name}, torch {torch.__version__}, {ITERS} timed runs per row (median)")
     torch.manual_seed(0)
     for dtype in (torch.bfloat16, torch.float16):
-        for residual in (False, True):
-            bench_rmsnorm(dtype, 4096, 4096, residual)
-            if not args.quick:
-                bench_rmsnorm(dtype, 65536, 4096, residual)
-                bench_rmsnorm(dtype, 16384, 8192, residual)
-        bench_swiglu(dtype, 4096, 11008)
-        if not args.quick:
-            bench_swiglu(dtype, 32768, 14336)
-        for half_split in (True, False):
-            bench_rope(dtype, 1, 8192, 32, 8, 128, half_split)
-            if not args.quick:
-                bench_rope(dtype, 16, 2048, 32, 8, 128, half_split)
-        bench_quantize(dtype, 4096, 4096)
-        if not args.quick:
-            bench_quantize(dtype, 65536, 4096)
-        bench_dequantize(dtype, 4096, 4096)
-        if not args.quick:
-            bench_dequantize(dtype, 65536, 4096)
-        for rows in (1, 16):
-            bench_rmsnorm(dtype, rows, 4096, False, True)
-            bench_rmsnorm(dtype, rows, 4096, True, True)
-            bench_swiglu(dtype, rows, 11008, True)
-            bench_rope(dtype, 1, rows, 32, 8, 128, True, True)
-            bench_quantize(dtype, rows, 4096, True)
-            bench_dequantize(dtype, rows, 4096, True)
+        if dtypes and {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] not in dtypes:
+            continue
+        if large:
+            for residual in (False, True):
+                if not want("rmsnorm_residual" if residual else "rmsnorm"):
+                    continue
+                bench_rmsnorm(dtype, 4096, 4096, residual)
+                if not args.quick:
+                    bench_rmsnorm(dtype, 65536, 4096, residual)
+                    bench_rmsnorm(dtype, 16384, 8192, residual)
+            if want("swiglu"):
+                bench_swiglu(dtype, 4096, 11008)
+                if not args.quick:
+                    bench_swiglu(dtype, 32768, 14336)
+            if want("rope"):
+                for half_split in (True, False):
+                    bench_rope(dtype, 1, 8192, 32, 8, 128, half_split)
+                    if not args.quick:
+                        bench_rope(dtype, 16, 2048, 32, 8, 128, half_split)
+            if want("quantize_row"):
+                bench_quantize(dtype, 4096, 4096)
+                if not args.quick:
+                    bench_quantize(dtype, 65536, 4096)
+            if want("dequantize_row"):
+                bench_dequantize(dtype, 4096, 4096)
+                if not args.quick:
+                    bench_dequantize(dtype, 65536, 4096)
+        if small:
+            for rows in (1, 16):
+                if want("rmsnorm"):
+                    bench_rmsnorm(dtype, rows, 4096, False, True)
+                if want("rmsnorm_residual"):
+                    bench_rmsnorm(dtype, rows, 4096, True, True)
+                if want("swiglu"):
+                    bench_swiglu(dtype, rows, 11008, True)
+                if want("rope"):
+                    bench_rope(dtype, 1, rows, 32, 8, 128, True, True)
+                if want("quantize_row"):
+                    bench_quantize(dtype, rows, 4096, True)
+                if want("dequantize_row"):
+                    bench_dequantize(dtype, rows, 4096, True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": prop.name, "torch": torch.__version__, "iters": ITERS,

@@ -72,6 +72,19 @@ cudaError_t DispatchFloat(ElemType t, Fn&& fn) {
   }
 }
 
+// The ElemType of a float type T.
+template <typename T>
+constexpr ElemType ElemTypeOf() {
+  if constexpr (std::is_same_v<T, float>) {
+    return ElemType::kF32;
+  } else if constexpr (std::is_same_v<T, __half>) {
+    return ElemType::kF16;
+  } else {
+    static_assert(std::is_same_v<T, __nv_bfloat16>, "a float type");
+    return ElemType::kBF16;
+  }
+}
+
 inline bool IsFloatType(ElemType t) {
   return t == ElemType::kF32 || t == ElemType::kF16 || t == ElemType::kBF16;
 }
@@ -88,6 +101,39 @@ inline unsigned FlatBlocks(int64_t units, int threads = kFlatThreads) {
   const int64_t cap = int64_t{NumSms()} * kFlatBlocksPerSm;
   return static_cast<unsigned>(want < 1 ? 1 : (want < cap ? want : cap));
 }
+
+// n / d for a divisor fixed per launch, without a division instruction
+// sequence (a runtime 32-bit division is ~20 dependent instructions): the
+// host picks s = ceil(log2 d) and m = floor(2^32 (2^s - d) / d) + 1, and
+// n / d = (mulhi(n, m) + n) >> s, exact for every 32-bit n (the error of
+// m' = 2^32 + m against 2^(32+s) / d is below 1 / n). Indices past 32 bits
+// or divisors past 31 fall back to the 64-bit division.
+struct FastDiv {
+  uint64_t d = 1;
+  uint32_t magic = 0;
+  int shift = 0;
+  bool fits32 = true;  // d < 2^31
+
+  FastDiv() = default;
+  explicit FastDiv(int64_t divisor) : d(static_cast<uint64_t>(divisor < 1 ? 1 : divisor)) {
+    fits32 = d < (uint64_t{1} << 31);
+    if (!fits32) return;
+    while ((uint64_t{1} << shift) < d) ++shift;
+    magic = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << shift) - d)) / d + 1);
+  }
+  __host__ __device__ int64_t Div(int64_t n) const {
+    if (fits32 && (static_cast<uint64_t>(n) >> 32) == 0) {
+      const uint32_t n32 = static_cast<uint32_t>(n);
+#ifdef __CUDA_ARCH__
+      const uint32_t hi = __umulhi(n32, magic);
+#else
+      const uint32_t hi = static_cast<uint32_t>((uint64_t{n32} * magic) >> 32);
+#endif
+      return static_cast<int64_t>((uint64_t{hi} + n32) >> shift);
+    }
+    return static_cast<int64_t>(static_cast<uint64_t>(n) / d);
+  }
+};
 
 // ------------------------------------------------------------ conversions
 

@@ -1,34 +1,39 @@
 // RmsNorm on the GPU, with or without the fused residual add (LaunchRmsNorm
 // of launch.h).
 //
-// RmsNorm without a residual, rows of up to 1024 chunks (16-byte chunks: 8
-// bf16/fp16 or 4 fp32 elements; 8192 bf16 columns): one warp per row (<= 512
-// chunks) or a pair of warps, the row in registers as packed words: chunk c
-// belongs to row thread c % (32 or 64), all of a thread's loads are issued
-// before the first use (up to 16 x 16 bytes), the weights follow in
-// pipelined groups, and the sum needs no block barrier (a warp butterfly,
-// plus one 64-thread named barrier for a pair). With a residual, rows of up
-// to 512 chunks take one block per row (1-2 chunks per thread in registers),
-// which measured as fast at 4096 columns and faster for 1-16 rows. Wider
-// rows take one block per row: staged in shared memory up to the opt-in
-// limit (~113K bf16 columns on H100), else the two-pass path, which reads s
-// a second time (mostly from L2). Either way each tensor crosses DRAM once:
-// read input (+ residual), write output (+ residual_out). The weight row is
-// re-read per row but hits L1/L2.
+// Rows of up to 1024 chunks (16-byte chunks: 8 bf16/fp16 or 4 fp32
+// elements; 8192 bf16 columns), with or without a residual, take the lane
+// kernel: the row in registers as packed words, every access one 16-byte
+// vector, and a sum of squares in "lane order" (below), which any number of
+// threads per row can compute bit for bit. That lets the launcher size
+// the block by the number of rows without changing a bit: calls of few
+// rows (decode) give each thread two chunks (256 threads on a row of 4096
+// bf16: a 1-row call is one load per tensor, one barrier and one store per
+// thread, not one warp working through 16 chunks), calls of many rows run a
+// persistent grid whose threads hold 2-4 chunks, issue the next row's loads
+// before this row's reduction and keep the weights in registers.
+// Wider rows take one block per row: staged in shared memory up to the
+// opt-in limit (~113K bf16 columns on H100), else the two-pass path, which
+// reads s a second time (mostly from L2). Either way each tensor crosses
+// DRAM once: read input (+ residual), write output (+ residual_out).
 //
 // Bytes moved: rows * cols * sizeof(T) * (2; 3 with a residual; 4 with a
-// residual and residual_out) + the weight once. Launch: warp rows in blocks
-// of 4 warps (fewer for fewer rows), grid = rows / rows per block; block
-// rows one block each (grid-stride past 2^31 - 1), 32..256 threads of 1-2
-// chunks (registers) or up to 512 threads of 4+ chunks (shared / two-pass).
+// residual and residual_out) + the weight once per block.
 //
 // Numerics: s = round_T(fp32(input + residual)) (exactly what is stored in
-// residual_out); the sum of squares accumulates in fp32 per thread (block
-// rows: one chain in chunk order; warp rows: a chain per chunk, the chunk
-// sums added in chunk order) and then in a fixed-order tree, so the result is deterministic and
-// independent of the row's address (batched or not); out = round_T(s *
-// rsqrt(mean + eps) * w). rsqrtf is within 2 ulp of fp32, far inside the
-// contract's tolerances; the mean is an IEEE division.
+// residual_out); out = round_T(s * rsqrt(mean + eps) * w). rsqrtf is within
+// 2 ulp of fp32, far inside the contract's tolerances; the mean is an IEEE
+// division. The sum of squares has a fixed order that depends only on cols,
+// so the result is deterministic and the same for a row batched or alone, at
+// any address:
+//  - lane rows (<= 1024 chunks): kL = 32 "lanes" (64 past 512 chunks), kK
+//    items per lane (the power of two >= chunks / kL); chunk c = l + kL * k
+//    is lane l's item k. Each chunk's squares in one fused chain from 0
+//    (element order); a lane's value is the pairwise tree over its items
+//    ((p0 + p1) + (p2 + p3)) + ...; the row sum is a warp butterfly over
+//    each 32 lanes, the two halves (kL = 64) added in order;
+//  - wide rows: one chain per thread in chunk order, then the block's
+//    fixed-order tree (BlockAllReduce).
 #include "cuda/common.cuh"
 
 namespace accel::kernels::cuda {
@@ -83,241 +88,99 @@ __device__ __forceinline__ Vec<T, N> Scale(const Vec<T, N>& s, float inv, const 
   return o;
 }
 
-// RmsNorm+residual rows of up to 512 chunks: one block per row, the row in
-// registers, kItems (1 or 2) chunks per thread. (The warp-per-row kernel
-// below measured no faster with a residual at 4096 columns and slower for
-// 1-16 rows: 4.0-4.8 us against 3.2; so the residual keeps this one.) kFast: every
-// pointer of the row is 16-byte aligned and cols is a whole number of
-// chunks, so every access is one vector; otherwise chunks may move element
-// by element (the same values, so the same result bits). All loads (input,
-// residual, and the weights, whose latency then hides behind the reduction)
-// are issued before any value is used, and residual_out is stored after
-// them, so no load waits behind a store. (At 4 chunks per thread ptxas needs
-// more than 64 registers and spills; wider rows use the wide kernel.)
-template <typename T, int kItems, bool kResidual, bool kFast>
-__device__ __forceinline__ void RmsNormRow(const RmsArgs<T>& a, int64_t off, int64_t chunks,
-                                           float* red) {
-  constexpr int N = kVecOf<T>;
-  const bool in_vec = kFast || Aligned16(a.input + off);
-  const bool out_vec = kFast || Aligned16(a.output + off);
-  int count[kItems];
-#pragma unroll
-  for (int k = 0; k < kItems; ++k) {
-    count[k] = ChunkCount(threadIdx.x + static_cast<int64_t>(k) * blockDim.x, chunks, a.cols, N);
+
+// ------------------------------------------------------------- lane rows
+
+constexpr int64_t kLaneMaxChunks = 1024;
+
+// A lane kernel's shape: kL lanes of kK items; each lane's items split over
+// kG threads ("groups"), group g holding items [g * kI, (g + 1) * kI). The
+// pairwise tree over kK items is the tree over the groups' subtrees (kI a
+// power of two), so kG never changes a bit. A block holds kRows rows (so
+// that it has at least 128 threads), each with its own named barrier.
+template <int kL, int kK, int kG>
+struct LaneShape {
+  static_assert(kL == 32 || kL == 64, "one warp or a pair of warps per 32 lanes");
+  static_assert(kK >= kG && kK % kG == 0 && (kK & (kK - 1)) == 0, "power-of-two items");
+  static constexpr int kI = kK / kG;  // chunks per thread
+  static constexpr int kRowThreads = kL * kG;
+  static constexpr int kRows = kRowThreads >= 128 ? 1 : 128 / kRowThreads;
+  static constexpr int kThreads = kRows * kRowThreads;
+  // Register cap: a residual row holds s, the next row's input and
+  // residual and the weights (16 registers a chunk for 16-bit T): 64 for
+  // one chunk per thread, 80 for two, 128 for four; without a residual 64
+  // up to two and 96 for four. Tighter caps spilled; looser ones cost
+  // resident blocks for nothing.
+  static constexpr int MinBlocks(bool residual) {
+    const int regs = residual ? (kI == 1 ? 64 : (kI == 2 ? 80 : 128)) : (kI <= 2 ? 64 : 96);
+    return 65536 / (regs * kThreads) > 0 ? 65536 / (regs * kThreads) : 1;
   }
-  auto elem = [&](int k) { return (threadIdx.x + static_cast<int64_t>(k) * blockDim.x) * N; };
-  Vec<T, N> s[kItems];
+};
+
+// Pairwise tree, in place: (p0 + p1) + (p2 + p3), ... (n a power of two).
+template <int n>
+__device__ __forceinline__ float PairwiseSum(float (&p)[n]) {
+  static_assert((n & (n - 1)) == 0, "power of two");
 #pragma unroll
-  for (int k = 0; k < kItems; ++k)
-    s[k] = LoadChunk<T, N>(a.input + off + elem(k), count[k], in_vec);
-  if constexpr (kResidual) {
-    const bool res_vec = kFast || Aligned16(a.residual + off);
-    Vec<T, N> r[kItems];
+  for (int s = 1; s < n; s *= 2) {
 #pragma unroll
-    for (int k = 0; k < kItems; ++k) {
-      r[k] = LoadChunk<T, N>(a.residual + off + elem(k), count[k], res_vec);
-    }
-#pragma unroll
-    for (int k = 0; k < kItems; ++k) AddResidual(s[k], r[k]);
+    for (int i = 0; i + s < n; i += 2 * s) p[i] += p[i + s];
   }
-  float w[kItems][N];
-#pragma unroll
-  for (int k = 0; k < kItems; ++k) {
-    LoadWeights<N>(a.weight, a.weight_dtype, elem(k), count[k], kFast || a.weight_vector, w[k]);
-  }
-  if constexpr (kResidual) {
-    if (a.residual_out != nullptr) {
-      const bool rout_vec = kFast || Aligned16(a.residual_out + off);
-#pragma unroll
-      for (int k = 0; k < kItems; ++k) {
-        StoreChunk<T, N>(a.residual_out + off + elem(k), s[k], count[k], rout_vec);
-      }
-    }
-  }
-  float ss = 0.0f;
-#pragma unroll
-  for (int k = 0; k < kItems; ++k) ss = SumSquares(s[k], ss);
-  ss = BlockAllReduce(ss, SumOp{}, 0.0f, red);
-  const float inv = rsqrtf(__fdiv_rn(ss, static_cast<float>(a.cols)) + a.eps);
-#pragma unroll
-  for (int k = 0; k < kItems; ++k) {
-    if (count[k] > 0) {
-      StoreChunk<T, N>(a.output + off + elem(k), Scale(s[k], inv, w[k]), count[k], out_vec);
-    }
-  }
+  return p[0];
 }
 
-// Blocks of at most 256 threads and at most 64 registers: 4+ blocks per SM,
-// so one block's barriers overlap another's loads.
-template <typename T, int kItems, bool kResidual>
-__global__ void __launch_bounds__(256, 4) RmsNormRowKernel(RmsArgs<T> a) {
-  constexpr int N = kVecOf<T>;
-  __shared__ float red[33];
-  const int64_t chunks = CeilDiv(a.cols, N);
-  const bool whole = a.cols % N == 0 && a.weight_vector;
-  for (int64_t row = blockIdx.x; row < a.rows; row += gridDim.x) {
-    const int64_t off = row * a.cols;
-    bool fast = whole && Aligned16(a.input + off) && Aligned16(a.output + off);
-    if constexpr (kResidual) {
-      fast = fast && Aligned16(a.residual + off) &&
-             (a.residual_out == nullptr || Aligned16(a.residual_out + off));
-    }
-    if (fast) {
-      RmsNormRow<T, kItems, kResidual, true>(a, off, chunks, red);
-    } else {
-      RmsNormRow<T, kItems, kResidual, false>(a, off, chunks, red);
-    }
+// A chunk's sum of squares: one fused chain from 0 in element order (the
+// same operations as SumSquares(s, 0.0f) on the unpacked chunk).
+template <typename T>
+__device__ __forceinline__ float ChunkSquares(const uint4& s) {
+  float part = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kVecOf<T>; ++j) {
+    const float f = ElemOf<T>(s, j);
+    part = fmaf(f, f, part);
   }
+  return part;
 }
 
-// Rows of up to kWarpMaxChunks chunks (4096 bf16 / 2048 fp32 columns): one
-// warp per row, no block barrier. Lane l owns chunks l, l + 32, ... (kItems
-// per lane, a power of two: the split depends only on cols, so a row's bits
-// never depend on where it lives). All of a lane's input (and residual)
-// loads are issued before any is used: up to 256 bytes per lane, 8 KB per
-// warp in flight, against the block kernel's 32 bytes per thread. The
-// weights are read after the reduction, chunk by chunk (L1/L2 hits).
-constexpr int kWarpMaxChunks = 512;
-constexpr int kWarpRowsPerBlock = 4;
-
-// Sum of a row's partial sums over its kRowThreads threads: a warp
-// butterfly, then for two warps per row the two warp sums in warp order
-// (each posts its sum, a 64-thread named barrier, both add; pair_red is
-// double-buffered by the caller, so the next row's post never overwrites an
-// unread sum).
-template <int kRowThreads>
-__device__ __forceinline__ float RowSum(float ss, int lane, float* pair_red, int pair) {
-  ss = WarpSum(ss);
-  if constexpr (kRowThreads == 64) {
-    if (lane % 32 == 0) pair_red[lane / 32] = ss;
-    asm volatile("bar.sync %0, 64;" ::"r"(1 + pair) : "memory");
-    ss = pair_red[0] + pair_red[1];
-  }
-  return ss;
-}
-
-// The fast row: every pointer 16-byte aligned and cols whole chunks. The
-// row is held as packed words (uint4); the arithmetic is element for element
-// that of AddResidual / SumSquares / Scale, so the bits are the slow path's.
-template <typename T, typename W, int kItems, int kRowThreads, bool kResidual, bool kPreload>
-__device__ __forceinline__ void RmsNormWarpRowFast(const RmsArgs<T>& a, int64_t off, int64_t chunks,
-                                                   int lane, float* pair_red, int pair) {
-  constexpr int N = kVecOf<T>;
-  bool live[kItems];
-#pragma unroll
-  for (int k = 0; k < kItems; ++k) live[k] = lane + static_cast<int64_t>(k) * kRowThreads < chunks;
-  auto elem = [&](int k) { return (lane + static_cast<int64_t>(k) * kRowThreads) * N; };
-  uint4 s[kItems];
-  const uint4 zero = make_uint4(0, 0, 0, 0);
-  if constexpr (kResidual) {
-    // Groups of 4 chunks: the residual of a group is added as soon as it
-    // lands, so input and residual never need 2 x 64 data registers.
-    constexpr int kGroup = kItems < 4 ? kItems : 4;
-#pragma unroll
-    for (int g = 0; g < kItems; g += kGroup) {
-      uint4 r[kGroup];
-#pragma unroll
-      for (int k = 0; k < kGroup; ++k) {
-        s[g + k] = live[g + k] ? LoadWords(a.input + off + elem(g + k)) : zero;
-      }
-#pragma unroll
-      for (int k = 0; k < kGroup; ++k) {
-        r[k] = live[g + k] ? LoadWords(a.residual + off + elem(g + k)) : zero;
-      }
-#pragma unroll
-      for (int k = 0; k < kGroup; ++k) {
-        const uint4 x = s[g + k];
-        s[g + k] =
-            PackVec<T>([&](int j) { return __fadd_rn(ElemOf<T>(x, j), ElemOf<T>(r[k], j)); });
-      }
-      if (a.residual_out != nullptr) {
-#pragma unroll
-        for (int k = 0; k < kGroup; ++k) {
-          if (live[g + k]) StoreWords(a.residual_out + off + elem(g + k), s[g + k]);
-        }
-      }
-    }
+// The row's sum from each thread's subtree (node): one warp needs no
+// barrier; otherwise every thread posts its node (red: kG * kL floats, the
+// caller alternates two buffers so that the next row's post never
+// overwrites an unread one), one named barrier, and every warp reads the
+// kG nodes of its lanes, finishes the tree and the butterfly itself (the
+// same operations on the same values in every warp, so the same bits; no
+// second barrier to broadcast a result).
+template <int kL, int kG>
+__device__ __forceinline__ float LaneRowSum(float node, float* red, int t, int slot) {
+  if constexpr (kL == 32 && kG == 1) {
+    return WarpSum(node);
   } else {
+    red[t] = node;
+    asm volatile("bar.sync %0, %1;" ::"r"(1 + slot), "r"(kL * kG) : "memory");
+    const int lane = t % 32;
+    float total = 0.0f;
 #pragma unroll
-    for (int k = 0; k < kItems; ++k) {
-      s[k] = live[k] ? LoadStream<uint4>(a.input + off + elem(k)) : zero;
+    for (int h = 0; h < kL / 32; ++h) {
+      float v[kG];
+#pragma unroll
+      for (int g = 0; g < kG; ++g) v[g] = red[g * kL + h * 32 + lane];
+      const float half = WarpSum(PairwiseSum(v));
+      total = h == 0 ? half : total + half;
     }
-  }
-  // Sum of squares: each chunk's own fused chain from 0, the chunk sums
-  // added in chunk order (ChunkSquares): chains of N + kItems dependent
-  // operations rather than N * kItems.
-  float ss = 0.0f;
-#pragma unroll
-  for (int k = 0; k < kItems; ++k) {
-    float part = 0.0f;
-#pragma unroll
-    for (int j = 0; j < N; ++j) {
-      const float f = ElemOf<T>(s[k], j);
-      part = fmaf(f, f, part);
-    }
-    ss += part;
-  }
-  if constexpr (std::is_void_v<W>) {
-    // Weights of another width than T: chunk by chunk through the runtime
-    // switch (a correctness path; the served models use one width).
-    ss = RowSum<kRowThreads>(ss, lane, pair_red, pair);
-    const float inv = rsqrtf(__fdiv_rn(ss, static_cast<float>(a.cols)) + a.eps);
-#pragma unroll
-    for (int k = 0; k < kItems; ++k) {
-      if (live[k]) {
-        float w[N];
-        LoadWeights<N>(a.weight, a.weight_dtype, elem(k), N, true, w);
-        const uint4 x = s[k];
-        StoreStream(a.output + off + elem(k),
-                    PackVec<T>([&](int j) { return ElemOf<T>(x, j) * inv * w[j]; }));
-      }
-    }
-  } else {
-    // Weights of T's width (16 bytes a chunk, held as words), in groups of
-    // 4 chunks: the next group's loads issued before this group's math and
-    // the first group's before the reduction, so a row waits a few L1/L2
-    // latencies rather than one per chunk (with the runtime weight-type
-    // switch per chunk they were serialised: 1-row calls took 6 us).
-    static_assert(sizeof(W) == sizeof(T), "16 bytes of weights per chunk");
-    // kPreload (calls of few rows): every weight load before the reduction.
-    constexpr int kWG = kPreload || kItems < 4 ? kItems : 4;
-    const W* wrow = static_cast<const W*>(a.weight);
-    uint4 wv[kItems];
-#pragma unroll
-    for (int k = 0; k < kWG; ++k) wv[k] = live[k] ? LoadWords(wrow + elem(k)) : zero;
-    ss = RowSum<kRowThreads>(ss, lane, pair_red, pair);
-    const float inv = rsqrtf(__fdiv_rn(ss, static_cast<float>(a.cols)) + a.eps);
-#pragma unroll
-    for (int g = 0; g < kItems; g += kWG) {
-      if (g + kWG < kItems) {
-#pragma unroll
-        for (int k = g + kWG; k < g + 2 * kWG; ++k) {
-          wv[k] = live[k] ? LoadWords(wrow + elem(k)) : zero;
-        }
-      }
-#pragma unroll
-      for (int k = g; k < g + kWG; ++k) {
-        if (live[k]) {
-          const uint4 x = s[k], w = wv[k];
-          StoreStream(a.output + off + elem(k),
-                      PackVec<T>([&](int j) { return ElemOf<T>(x, j) * inv * ElemOf<W>(w, j); }));
-        }
-      }
-    }
+    return total;
   }
 }
 
-// Any other row (misaligned pointers, a partial last chunk): the same chunk
-// split and the same order of the sum, so the same bits, but element-wise
-// and in two passes rather than with the row in registers (it is the rare
-// path; unrolling it was slow to compile and heavy on registers). Pass 2
-// takes s from residual_out when it was written (it may alias residual),
-// else recomputes it; each chunk stays with one thread, so in-place use is
-// safe.
-template <typename T, int kItems, int kRowThreads, bool kResidual>
-__device__ __noinline__ void RmsNormWarpRowSlow(const RmsArgs<T>& a, int64_t off, int64_t chunks,
-                                                int lane, float* pair_red, int pair) {
-  constexpr int N = kVecOf<T>;
+// A row that is not fast (misaligned pointers, a partial last chunk): the
+// same chunks per thread and the same order of the sum, so the same bits,
+// element-wise and in two passes. Pass 2 takes s from residual_out when it
+// was written (it may alias residual), else recomputes it; each chunk stays
+// with one thread, so in-place use is safe.
+template <typename T, int kL, int kK, int kG, bool kResidual>
+__device__ __forceinline__ void RmsNormLaneRowSlow(const RmsArgs<T>& a, int64_t off, int64_t chunks,
+                                                int t, float* red, int slot) {
+  constexpr int N = kVecOf<T>, kI = LaneShape<kL, kK, kG>::kI;
+  const int g = t / kL, l = t % kL;
+  auto chunk = [&](int i) { return l + static_cast<int64_t>(kL) * (g * kI + i); };
   auto form = [&](int64_t c, int count) {
     Vec<T, N> s = LoadChunk<T, N>(a.input + off + c * N, count, false);
     if constexpr (kResidual) {
@@ -325,23 +188,24 @@ __device__ __noinline__ void RmsNormWarpRowSlow(const RmsArgs<T>& a, int64_t off
     }
     return s;
   };
-  float ss = 0.0f;
-#pragma unroll 1
-  for (int k = 0; k < kItems; ++k) {
-    const int64_t c = lane + static_cast<int64_t>(k) * kRowThreads;
+  float p[kI];
+#pragma unroll
+  for (int i = 0; i < kI; ++i) {
+    const int64_t c = chunk(i);
     const int count = ChunkCount(c, chunks, a.cols, N);
-    if (count == 0) continue;  // a missing chunk adds +0 to the sum
+    p[i] = 0.0f;  // a missing chunk adds +0
+    if (count == 0) continue;
     const Vec<T, N> s = form(c, count);
     if (kResidual && a.residual_out != nullptr) {
       StoreChunk<T, N>(a.residual_out + off + c * N, s, count, false);
     }
-    ss += SumSquares(s, 0.0f);  // the fast path's order: chunk sums, in chunk order
+    p[i] = SumSquares(s, 0.0f);
   }
-  ss = RowSum<kRowThreads>(ss, lane, pair_red, pair);
+  const float ss = LaneRowSum<kL, kG>(PairwiseSum(p), red, t, slot);
   const float inv = rsqrtf(__fdiv_rn(ss, static_cast<float>(a.cols)) + a.eps);
 #pragma unroll 1
-  for (int k = 0; k < kItems; ++k) {
-    const int64_t c = lane + static_cast<int64_t>(k) * kRowThreads;
+  for (int i = 0; i < kI; ++i) {
+    const int64_t c = chunk(i);
     const int count = ChunkCount(c, chunks, a.cols, N);
     if (count == 0) continue;
     const Vec<T, N> s = kResidual && a.residual_out != nullptr
@@ -353,98 +217,202 @@ __device__ __noinline__ void RmsNormWarpRowSlow(const RmsArgs<T>& a, int64_t off
   }
 }
 
-// kWarpRowsPerBlock warps per block, a row to each warp (kRowThreads 32)
-// or to each pair of warps (64, rows of 513..1024 chunks); 128-register cap
-// at 16 items (4 blocks = 16 warps, 128 KB of loads in flight per SM),
-// tighter below.
-template <typename T, int kItems, int kRowThreads, bool kResidual, bool kPreload>
-__global__ void __launch_bounds__(kWarpRowsPerBlock * 32, kPreload ? 1 : (kItems >= 8 ? 4 : 8))
-    RmsNormWarpKernel(RmsArgs<T> a) {
-  constexpr int N = kVecOf<T>;
-  __shared__ float pair_red[2][kWarpRowsPerBlock];
-  const int lane = threadIdx.x % kRowThreads;
-  const int slot = threadIdx.x / kRowThreads;  // row slot in the block
+// Rows of up to 1024 chunks. Thread (slot, g, l) of a block handles chunks
+// l + kL * (g * kI + i), i < kI, of rows blockIdx.x * kRows + slot, then
+// every gridDim.x * kRows rows (a persistent grid when the launcher caps the
+// grid). A fast row (every pointer of the row 16-byte aligned, cols whole
+// chunks, the weight base aligned) moves every chunk as one 16-byte access;
+// input and residual are read with evict-first loads and output and
+// residual_out written with evict-first stores (each is touched once). The
+// weights, the same for every row, are loaded once per block and kept in
+// registers: as packed words when their dtype is T's (kWeightIsT: 4
+// registers a chunk), else converted to fp32 (8 a chunk for 16-bit T). The
+// next row's loads are issued before this row's reduction, so a thread
+// keeps kI chunks per tensor in flight through the barrier, the scaling and
+// the stores (measured: RmsNorm+residual [16384, 8192] went from 0.85 to
+// 0.98 of copy; prefetching two rows ahead gained nothing more). The slow
+// row is inlined: as a call it cost the fast path its registers (the call
+// saves every live value; up to 392 bytes of spills).
+template <typename T, int kL, int kK, int kG, bool kResidual, bool kWeightIsT>
+__global__ void __launch_bounds__(LaneShape<kL, kK, kG>::kThreads,
+                                  LaneShape<kL, kK, kG>::MinBlocks(kResidual))
+    RmsNormLaneKernel(RmsArgs<T> a) {
+  using Shape = LaneShape<kL, kK, kG>;
+  constexpr int N = kVecOf<T>, kI = Shape::kI;
+  __shared__ float red[2][Shape::kRows][Shape::kRowThreads];
+  const int slot = threadIdx.x / Shape::kRowThreads;
+  const int t = threadIdx.x % Shape::kRowThreads;
+  const int g = t / kL, l = t % kL;
   const int64_t chunks = CeilDiv(a.cols, N);
-  const bool whole = a.cols % N == 0 && a.weight_vector;
-  const int64_t per_block = blockDim.x / kRowThreads;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * per_block;
-  int parity = 0;
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * per_block + slot; row < a.rows;
-       row += stride, parity ^= 1) {
+  auto elem = [&](int i) { return (l + static_cast<int64_t>(kL) * (g * kI + i)) * N; };
+  bool live[kI];
+#pragma unroll
+  for (int i = 0; i < kI; ++i) live[i] = elem(i) < a.cols;
+  const bool block_fast = a.cols % N == 0 && a.weight_vector;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  // x (and r) hold row `row` when `have` (a fast row below a.rows).
+  uint4 x[kI], r[kResidual ? kI : 1];
+  bool have = false;
+  auto fetch = [&](int64_t row) {
     const int64_t off = row * a.cols;
-    float* red = &pair_red[parity][slot * 2];
-    bool fast = whole && Aligned16(a.input + off) && Aligned16(a.output + off);
+    have = row < a.rows && block_fast && Aligned16(a.input + off) && Aligned16(a.output + off);
     if constexpr (kResidual) {
-      fast = fast && Aligned16(a.residual + off) &&
+      have = have && Aligned16(a.residual + off) &&
              (a.residual_out == nullptr || Aligned16(a.residual_out + off));
     }
-    if (fast) {
-      // The weight type is uniform: one switch per row, not per chunk.
-      if constexpr (sizeof(T) == 2) {
-        if (a.weight_dtype == ElemType::kBF16) {
-          RmsNormWarpRowFast<T, __nv_bfloat16, kItems, kRowThreads, kResidual, kPreload>(
-              a, off, chunks, lane, red, slot);
-        } else if (a.weight_dtype == ElemType::kF16) {
-          RmsNormWarpRowFast<T, __half, kItems, kRowThreads, kResidual, kPreload>(a, off, chunks,
-                                                                                  lane, red, slot);
-        } else {
-          RmsNormWarpRowFast<T, void, kItems, kRowThreads, kResidual, kPreload>(a, off, chunks,
-                                                                                lane, red, slot);
-        }
-      } else {
-        if (a.weight_dtype == ElemType::kF32) {
-          RmsNormWarpRowFast<T, float, kItems, kRowThreads, kResidual, kPreload>(a, off, chunks,
-                                                                                 lane, red, slot);
-        } else {
-          RmsNormWarpRowFast<T, void, kItems, kRowThreads, kResidual, kPreload>(a, off, chunks,
-                                                                                lane, red, slot);
-        }
+    if (!have) return;
+#pragma unroll
+    for (int i = 0; i < kI; ++i) x[i] = live[i] ? LoadStream<uint4>(a.input + off + elem(i)) : zero;
+    if constexpr (kResidual) {
+#pragma unroll
+      for (int i = 0; i < kI; ++i) {
+        r[i] = live[i] ? LoadStream<uint4>(a.residual + off + elem(i)) : zero;
       }
+    }
+  };
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * Shape::kRows;
+  int64_t row = static_cast<int64_t>(blockIdx.x) * Shape::kRows + slot;
+  fetch(row);
+  // The weights (only fast rows use them).
+  uint4 wt[kWeightIsT ? kI : 1];
+  float wf[kWeightIsT ? 1 : kI][N];
+  if (block_fast) {
+#pragma unroll
+    for (int i = 0; i < kI; ++i) {
+      if constexpr (kWeightIsT) {
+        wt[i] = live[i] ? LoadWords(static_cast<const T*>(a.weight) + elem(i)) : zero;
+      } else {
+        LoadWeights<N>(a.weight, a.weight_dtype, elem(i), live[i] ? N : 0, true, wf[i]);
+      }
+    }
+  }
+  auto weight = [&](int i, int j) {
+    if constexpr (kWeightIsT) {
+      return ElemOf<T>(wt[i], j);
     } else {
-      RmsNormWarpRowSlow<T, kItems, kRowThreads, kResidual>(a, off, chunks, lane, red, slot);
+      return wf[i][j];
+    }
+  };
+  for (int parity = 0; row < a.rows; row += stride, parity ^= 1) {
+    float* rbuf = red[parity][slot];
+    const int64_t off = row * a.cols;
+    if (!have) {
+      // The next row's loads go after the slow row: live across it, they
+      // spilled.
+      RmsNormLaneRowSlow<T, kL, kK, kG, kResidual>(a, off, chunks, t, rbuf, slot);
+      fetch(row + stride);
+      continue;
+    }
+    uint4 s[kI];
+    float p[kI];
+#pragma unroll
+    for (int i = 0; i < kI; ++i) {
+      if constexpr (kResidual) {
+        const uint4 xi = x[i], ri = r[i];
+        s[i] = PackVec<T>([&](int j) { return __fadd_rn(ElemOf<T>(xi, j), ElemOf<T>(ri, j)); });
+        if (a.residual_out != nullptr && live[i]) StoreStream(a.residual_out + off + elem(i), s[i]);
+      } else {
+        s[i] = x[i];
+      }
+      p[i] = ChunkSquares<T>(s[i]);  // 0 for a missing chunk (zeros)
+    }
+    const float node = PairwiseSum(p);
+    fetch(row + stride);
+    const float ss = LaneRowSum<kL, kG>(node, rbuf, t, slot);
+    const float inv = rsqrtf(__fdiv_rn(ss, static_cast<float>(a.cols)) + a.eps);
+#pragma unroll
+    for (int i = 0; i < kI; ++i) {
+      if (live[i]) {
+        const uint4 si = s[i];
+        StoreStream(a.output + off + elem(i),
+                    PackVec<T>([&](int j) { return ElemOf<T>(si, j) * inv * weight(i, j); }));
+      }
     }
   }
 }
 
-template <typename T, bool kPreload>
-cudaError_t LaunchWarpRowsP(const RmsArgs<T>& a, int64_t chunks, unsigned blocks, int threads,
-                            cudaStream_t stream) {
-  if (chunks > kWarpMaxChunks) {
-    RmsNormWarpKernel<T, 16, 64, false, kPreload><<<blocks, threads, 0, stream>>>(a);
-    return cudaGetLastError();
+// Blocks of kKernel that can be resident at once on one SM (cached per
+// kernel and device; only sizes a persistent grid).
+template <auto kKernel>
+int ResidentBlocks(int threads) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return 1;
+  int n = cache[device].load(std::memory_order_relaxed);
+  if (n == 0) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kKernel, threads, 0) != cudaSuccess ||
+        n <= 0) {
+      n = 1;
+    }
+    cache[device].store(n, std::memory_order_relaxed);
   }
-  const int64_t items = CeilDiv(chunks, 32);
-  if (items <= 1) {
-    RmsNormWarpKernel<T, 1, 32, false, kPreload><<<blocks, threads, 0, stream>>>(a);
-  } else if (items <= 2) {
-    RmsNormWarpKernel<T, 2, 32, false, kPreload><<<blocks, threads, 0, stream>>>(a);
-  } else if (items <= 4) {
-    RmsNormWarpKernel<T, 4, 32, false, kPreload><<<blocks, threads, 0, stream>>>(a);
-  } else if (items <= 8) {
-    RmsNormWarpKernel<T, 8, 32, false, kPreload><<<blocks, threads, 0, stream>>>(a);
-  } else {
-    RmsNormWarpKernel<T, 16, 32, false, kPreload><<<blocks, threads, 0, stream>>>(a);
+  return n;
+}
+
+// Calls of at most kFewRows rows (decode) launch a block per kRows rows,
+// two chunks per thread (256 threads on a row of 4096 bf16: measured 1.9 us
+// for 1-16 rows, against 2.0 with one chunk per thread, whose 16-warp
+// reduction reads 4x the shared memory); larger calls launch a persistent
+// grid (the blocks that fit at once) whose blocks prefetch their next row,
+// 4 chunks per thread without a residual (0.943 of copy at [65536, 4096],
+// against 0.937 with 2) and 2 with one (the residual doubles the registers
+// a chunk needs; 0.963-0.977 of copy, against 0.959-0.964 with 4).
+constexpr int64_t kFewRows = 64;
+constexpr int kFewItems = 2;
+constexpr int kManyItems = 4;
+constexpr int kManyItemsResidual = 2;
+
+// A block per kRows rows, or when `persistent` at most the blocks that fit
+// on the device at once (each then loops over rows).
+template <typename T, bool kResidual, int kL, int kK, int kG, bool kWeightIsT>
+cudaError_t LaunchLaneW(const RmsArgs<T>& a, bool persistent, cudaStream_t stream) {
+  using Shape = LaneShape<kL, kK, kG>;
+  constexpr auto kernel = RmsNormLaneKernel<T, kL, kK, kG, kResidual, kWeightIsT>;
+  int64_t blocks = CeilDiv(a.rows, Shape::kRows);
+  if (persistent) {
+    const int64_t cap = static_cast<int64_t>(NumSms()) * ResidentBlocks<kernel>(Shape::kThreads);
+    if (blocks > cap) blocks = cap;
   }
+  if (blocks > 0x7fffffff) blocks = 0x7fffffff;
+  kernel<<<static_cast<unsigned>(blocks), Shape::kThreads, 0, stream>>>(a);
   return cudaGetLastError();
 }
 
-// RmsNorm without a residual, rows of up to 1024 chunks. Few rows (decode
-// calls): the variant that loads every weight before the reduction (more
-// registers, one block per SM's worth is all there is anyway). The chunk
-// split and the order of the sum are the same in both, so the bits are.
-constexpr int64_t kFewRows = 64;
-
-template <typename T>
-cudaError_t LaunchWarpRows(const RmsArgs<T>& a, int64_t chunks, cudaStream_t stream) {
-  const int row_threads = chunks > kWarpMaxChunks ? 64 : 32;
-  const int64_t max_rows = kWarpRowsPerBlock * 32 / row_threads;
-  const int64_t per_block = a.rows < max_rows ? a.rows : max_rows;
-  const int threads = static_cast<int>(per_block * row_threads);
-  const int64_t want = CeilDiv(a.rows, per_block);
-  const unsigned blocks = static_cast<unsigned>(want < 0x7fffffff ? want : 0x7fffffff);
-  return a.rows <= kFewRows ? LaunchWarpRowsP<T, true>(a, chunks, blocks, threads, stream)
-                            : LaunchWarpRowsP<T, false>(a, chunks, blocks, threads, stream);
+// kK items per lane, kK / kG chunks per thread.
+template <typename T, bool kResidual, int kL, int kK, int kG>
+cudaError_t LaunchLane(const RmsArgs<T>& a, bool persistent, cudaStream_t stream) {
+  return a.weight_dtype == ElemTypeOf<T>()
+             ? LaunchLaneW<T, kResidual, kL, kK, kG, true>(a, persistent, stream)
+             : LaunchLaneW<T, kResidual, kL, kK, kG, false>(a, persistent, stream);
 }
+
+// Threads per lane (groups) for kItems chunks per thread: kK / kItems, at
+// least 1.
+template <int kK, int kItems>
+constexpr int kGroupsFor = kK > kItems ? kK / kItems : 1;
+
+template <typename T, bool kResidual, int kL, int kK>
+cudaError_t LaunchLaneK(const RmsArgs<T>& a, cudaStream_t stream) {
+  if (a.rows <= kFewRows) {
+    return LaunchLane<T, kResidual, kL, kK, kGroupsFor<kK, kFewItems>>(a, false, stream);
+  }
+  constexpr int kItems = kResidual ? kManyItemsResidual : kManyItems;
+  return LaunchLane<T, kResidual, kL, kK, kGroupsFor<kK, kItems>>(a, true, stream);
+}
+
+template <typename T, bool kResidual>
+cudaError_t LaunchLaneRows(const RmsArgs<T>& a, int64_t chunks, cudaStream_t stream) {
+  if (chunks > 512) return LaunchLaneK<T, kResidual, 64, 16>(a, stream);
+  const int64_t per_lane = CeilDiv(chunks, 32);
+  if (per_lane <= 1) return LaunchLaneK<T, kResidual, 32, 1>(a, stream);
+  if (per_lane <= 2) return LaunchLaneK<T, kResidual, 32, 2>(a, stream);
+  if (per_lane <= 4) return LaunchLaneK<T, kResidual, 32, 4>(a, stream);
+  if (per_lane <= 8) return LaunchLaneK<T, kResidual, 32, 8>(a, stream);
+  return LaunchLaneK<T, kResidual, 32, 16>(a, stream);
+}
+
+// ------------------------------------------------------------- wide rows
 
 // Rows too wide for registers. Pass 1 forms s, stores residual_out, keeps s
 // in shared memory (kShared) and sums squares; pass 2 takes s from shared
@@ -568,29 +536,19 @@ __global__ void __launch_bounds__(512, 2) RmsNormWideKernel(RmsArgs<T> a) {
 template <typename T, bool kResidual>
 cudaError_t LaunchRows(const RmsArgs<T>& a, cudaStream_t stream) {
   const int64_t chunks = CeilDiv(a.cols, kVecOf<T>);
-  if (!kResidual && chunks <= 2 * kWarpMaxChunks) return LaunchWarpRows<T>(a, chunks, stream);
+  if (chunks <= kLaneMaxChunks) return LaunchLaneRows<T, kResidual>(a, chunks, stream);
   const RowConfig cfg = PickRowConfig(a.cols, kVecOf<T>, sizeof(T), MaxDynamicSmem());
   const unsigned blocks = RowBlocks(a.rows);
-  switch (cfg.kind) {
-    case RowKind::kRegisters:
-      if (cfg.items == 1) {
-        RmsNormRowKernel<T, 1, kResidual><<<blocks, cfg.threads, 0, stream>>>(a);
-      } else {
-        RmsNormRowKernel<T, 2, kResidual><<<blocks, cfg.threads, 0, stream>>>(a);
-      }
-      break;
-    case RowKind::kShared: {
-      static std::atomic<uint64_t> smem_set{0};
-      if (cfg.smem_bytes > 48 * 1024) {
-        const cudaError_t err = AllowDynamicSmem(RmsNormWideKernel<T, kResidual, true>, smem_set);
-        if (err != cudaSuccess) return err;
-      }
-      RmsNormWideKernel<T, kResidual, true><<<blocks, cfg.threads, cfg.smem_bytes, stream>>>(a);
-      break;
+  if (cfg.kind == RowKind::kShared) {
+    static std::atomic<uint64_t> smem_set{0};
+    if (cfg.smem_bytes > 48 * 1024) {
+      const cudaError_t err = AllowDynamicSmem(RmsNormWideKernel<T, kResidual, true>, smem_set);
+      if (err != cudaSuccess) return err;
     }
-    case RowKind::kTwoPass:
-      RmsNormWideKernel<T, kResidual, false><<<blocks, cfg.threads, 0, stream>>>(a);
-      break;
+    RmsNormWideKernel<T, kResidual, true><<<blocks, cfg.threads, cfg.smem_bytes, stream>>>(a);
+  } else {
+    // kTwoPass (kRegisters never comes past 512 chunks).
+    RmsNormWideKernel<T, kResidual, false><<<blocks, cfg.threads, 0, stream>>>(a);
   }
   return cudaGetLastError();
 }

@@ -327,6 +327,77 @@ TEST(CudaRmsNorm, BatchedRowsAreBitIdenticalToSingleRows) {
   }
 }
 
+// A call of many rows takes other block shapes than a call of few (one
+// chunk per thread for few rows, several and a persistent grid for many,
+// whose blocks prefetch their next row): each row of a 1200-row call, with
+// and without a residual, aligned (n a multiple of the vector) or not, with
+// the weight in the input's dtype or in fp32 (the two ways the fast rows
+// hold weights), must match the reference and give the bits of the same row
+// run alone.
+TEST(CudaRmsNorm, ManyRowCallsAreBitIdenticalToSingleRows) {
+  SKIP_WITHOUT_CUDA();
+  const uint64_t seed = testing::NewSeed();
+  std::mt19937_64 rng(seed);
+  CudaEnv env;
+  const int64_t rows = 1200;
+  for (DType dtype : {DType::kBFloat16, DType::kFloat32}) {
+    for (int64_t n : {int64_t{1000}, int64_t{4096}, int64_t{4101}, int64_t{8192}}) {
+      for (bool res : {false, true}) {
+        const size_t item = ItemSize(dtype);
+        HostTensor x = RandomTensor(dtype, {rows, n}, rng);
+        HostTensor r = RandomTensor(dtype, {rows, n}, rng);
+        const DType wdtype = res ? DType::kFloat32 : dtype;
+        HostTensor w = RandomTensor(wdtype, {n}, rng, 0.5, 1.5);
+        auto dx = DeviceTensor::Upload(x), dr = DeviceTensor::Upload(r);
+        auto dw = DeviceTensor::Upload(w);
+        DeviceTensor dout(dtype, {rows, n}), drout(dtype, {rows, n});
+        TensorView rout = drout.mut();
+        RmsNormArgs args{dx->view(), dw->view(), std::nullopt, 1e-6f};
+        if (res) args.residual = dr->view();
+        ASSERT_TRUE(RmsNorm(env.ctx(), args, dout.mut(), res ? &rout : nullptr).ok());
+        env.Sync();
+        const HostTensor all = dout.Download();
+        const HostTensor all_s = drout.Download();
+        {
+          const std::vector<double> rv = r.values();
+          std::vector<double> want_s;
+          const std::vector<double> want = testing::RmsNorm(
+              dtype, x.values(), res ? &rv : nullptr, w.values(), n, 1e-6f, &want_s);
+          const std::string what = Ctx(seed, absl::StrCat(DTypeName(dtype), " n=", n,
+                                                          " residual=", res, " all rows"));
+          EXPECT_TRUE(AllClose(all, want, testing::DefaultTolerance(dtype), what));
+          if (res) {
+            EXPECT_TRUE(AllClose(all_s, want_s, {0, 0}, what + " residual_out"));
+          }
+        }
+        for (int64_t i = 0; i < rows; i += 97) {
+          HostTensor xi(dtype, {1, n}), ri(dtype, {1, n});
+          std::memcpy(xi.data(), static_cast<const char*>(x.data()) + i * n * item, n * item);
+          std::memcpy(ri.data(), static_cast<const char*>(r.data()) + i * n * item, n * item);
+          auto dxi = DeviceTensor::Upload(xi), dri = DeviceTensor::Upload(ri);
+          DeviceTensor one(dtype, {1, n}), one_s(dtype, {1, n});
+          TensorView one_rout = one_s.mut();
+          RmsNormArgs a1{dxi->view(), dw->view(), std::nullopt, 1e-6f};
+          if (res) a1.residual = dri->view();
+          ASSERT_TRUE(RmsNorm(env.ctx(), a1, one.mut(), res ? &one_rout : nullptr).ok());
+          env.Sync();
+          const std::string what = Ctx(seed, absl::StrCat(DTypeName(dtype), " n=", n,
+                                                          " residual=", res, " row ", i));
+          ASSERT_EQ(0, std::memcmp(one.Download().data(),
+                                   static_cast<const char*>(all.data()) + i * n * item, n * item))
+              << what;
+          if (res) {
+            ASSERT_EQ(0, std::memcmp(one_s.Download().data(),
+                                     static_cast<const char*>(all_s.data()) + i * n * item,
+                                     n * item))
+                << what << " residual_out";
+          }
+        }
+      }
+    }
+  }
+}
+
 // ----------------------------------------------------------------- SwiGlu
 
 class CudaSwiGluTest : public ::testing::TestWithParam<std::tuple<DType, Shape>> {};
@@ -338,8 +409,11 @@ TEST_P(CudaSwiGluTest, MatchesReferenceAndCpu) {
   std::mt19937_64 rng(seed);
   HostTensor g = RandomTensor(dtype, shape, rng, -12, 12);
   HostTensor u = RandomTensor(dtype, shape, rng);
-  const double extremes[] = {-100, -30, -1e-3, 0, 1e-3, 30, 100, -87, 89};
-  for (int64_t i = 0; i < g.size(); i += 11) g.Set(i, extremes[(i / 11) % 9]);
+  // Extremes, and gates on both sides of the GPU's branch-free division's
+  // range (|g| >= 2^-60, 1 + exp(-g) <= 2^60, i.e. g >= -41.5).
+  const double extremes[] = {-100, -30, -1e-3, 0, 1e-3, 30, 100, -87, 89, 1e-25, -2e-19, -41, -42};
+  constexpr int kExtremes = sizeof(extremes) / sizeof(extremes[0]);
+  for (int64_t i = 0; i < g.size(); i += 11) g.Set(i, extremes[(i / 11) % kExtremes]);
   const std::vector<double> want = testing::SwiGlu(g.values(), u.values());
   HostTensor cpu(dtype, shape);
   ASSERT_TRUE(SwiGlu(ExecContext{}, {g.view(), u.view()}, cpu.mut()).ok());
