@@ -24,7 +24,7 @@ case "${1:-tests}" in
     status=0
     for t in cuda_allocator_test cuda_ops_test cuda_linear_test kernels_test \
              ops_integration_test errors_integration_test malformed_requests_test \
-             observability_test batching_test server_process_test; do
+             observability_test batching_test server_process_test server_options_test; do
       [ -x "$bin/$t" ] || { echo "missing $bin/$t"; status=1; continue; }
       start=$(date +%s)
       "$bin/$t" --gtest_brief=1 > "$out/$t.log" 2>&1
