@@ -88,7 +88,6 @@ __device__ __forceinline__ Vec<T, N> Scale(const Vec<T, N>& s, float inv, const 
   return o;
 }
 
-
 // ------------------------------------------------------------- lane rows
 
 constexpr int64_t kLaneMaxChunks = 1024;
@@ -177,7 +176,7 @@ __device__ __forceinline__ float LaneRowSum(float node, float* red, int t, int s
 // with one thread, so in-place use is safe.
 template <typename T, int kL, int kK, int kG, bool kResidual>
 __device__ __forceinline__ void RmsNormLaneRowSlow(const RmsArgs<T>& a, int64_t off, int64_t chunks,
-                                                int t, float* red, int slot) {
+                                                   int t, float* red, int slot) {
   constexpr int N = kVecOf<T>, kI = LaneShape<kL, kK, kG>::kI;
   const int g = t / kL, l = t % kL;
   auto chunk = [&](int i) { return l + static_cast<int64_t>(kL) * (g * kI + i); };

@@ -361,10 +361,10 @@ TEST(CudaRmsNorm, ManyRowCallsAreBitIdenticalToSingleRows) {
         {
           const std::vector<double> rv = r.values();
           std::vector<double> want_s;
-          const std::vector<double> want = testing::RmsNorm(
-              dtype, x.values(), res ? &rv : nullptr, w.values(), n, 1e-6f, &want_s);
-          const std::string what = Ctx(seed, absl::StrCat(DTypeName(dtype), " n=", n,
-                                                          " residual=", res, " all rows"));
+          const std::vector<double> want = testing::RmsNorm(dtype, x.values(), res ? &rv : nullptr,
+                                                            w.values(), n, 1e-6f, &want_s);
+          const std::string what =
+              Ctx(seed, absl::StrCat(DTypeName(dtype), " n=", n, " residual=", res, " all rows"));
           EXPECT_TRUE(AllClose(all, want, testing::DefaultTolerance(dtype), what));
           if (res) {
             EXPECT_TRUE(AllClose(all_s, want_s, {0, 0}, what + " residual_out"));
@@ -381,15 +381,15 @@ TEST(CudaRmsNorm, ManyRowCallsAreBitIdenticalToSingleRows) {
           if (res) a1.residual = dri->view();
           ASSERT_TRUE(RmsNorm(env.ctx(), a1, one.mut(), res ? &one_rout : nullptr).ok());
           env.Sync();
-          const std::string what = Ctx(seed, absl::StrCat(DTypeName(dtype), " n=", n,
-                                                          " residual=", res, " row ", i));
+          const std::string what =
+              Ctx(seed, absl::StrCat(DTypeName(dtype), " n=", n, " residual=", res, " row ", i));
           ASSERT_EQ(0, std::memcmp(one.Download().data(),
                                    static_cast<const char*>(all.data()) + i * n * item, n * item))
               << what;
           if (res) {
-            ASSERT_EQ(0, std::memcmp(one_s.Download().data(),
-                                     static_cast<const char*>(all_s.data()) + i * n * item,
-                                     n * item))
+            ASSERT_EQ(0,
+                      std::memcmp(one_s.Download().data(),
+                                  static_cast<const char*>(all_s.data()) + i * n * item, n * item))
                 << what << " residual_out";
           }
         }
