@@ -1,5 +1,6 @@
 #include "server/op_runner.h"
 
+#include <chrono>
 #include <cmath>
 #include <optional>
 #include <vector>
@@ -107,8 +108,16 @@ absl::Status RunBuildRopeCache(const OpEnv& env, const v1::BuildRopeCacheRequest
 
   // Built on the host in fp64 (as the contract requires) and copied once.
   std::vector<float> host(2 * table_elements);
+  const auto start = std::chrono::steady_clock::now();
   kernels::BuildRopeCache(req.max_seq_len(), req.head_dim(), base, host.data(),
                           host.data() + table_elements);
+  if (env.metrics != nullptr && env.device->is_cuda()) {
+    // No kernel runs on the GPU for this op, so no CallScope times it: its
+    // host build is its kernel phase (on the CPU, RunOpAndRecord times it).
+    env.metrics->ObserveCompute(
+        Op::kBuildRopeCache, Phase::kKernel,
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
   auto tensor = std::make_shared<ResidentTensor>();
   tensor->name = req.name();
   tensor->dtype = DType::kFloat32;

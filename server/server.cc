@@ -83,6 +83,9 @@ struct Server::State {
   std::unique_ptr<ServingDevice> device;
   std::unique_ptr<TensorStore> store;
   std::unique_ptr<Executor> executor;
+  // Threads that send a batch's answers (GPU backend with batching only);
+  // declared before the batcher, which uses it, so that it outlives it.
+  std::unique_ptr<Executor> answerer;
   std::unique_ptr<Batcher> batcher;  // null with --batching=false
   std::shared_ptr<prometheus::Registry> registry;
   std::unique_ptr<ServerMetrics> metrics;
@@ -185,12 +188,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     batcher_options.threads = threads;
     batcher_options.thread_init = [&serving] { serving.InitThread(); };
     batcher_options.metrics = state->metrics.get();
-    // A batch's answers spread over the executor's threads: the worker
-    // goes on to the next batch instead of sending every response itself.
-    batcher_options.offload = [executor =
-                                   state->executor.get()](absl::AnyInvocable<void() &&>* closure) {
-      return executor->TrySchedule(closure);
-    };
+    if (serving.is_cuda()) {
+      // On a GPU a batch's answers go to a few threads of their own (not
+      // the executor, whose queue may hold long Linear/Ffn work): the
+      // worker goes on to the next batch instead of sending every response
+      // itself. On the CPU the worker answers (its cores run the kernels).
+      state->answerer = std::make_unique<Executor>(
+          Executor::Options{std::max(2, threads / 4), options.max_queue_size, nullptr});
+      batcher_options.offload =
+          [answerer = state->answerer.get()](absl::AnyInvocable<void() &&>* closure) {
+            return answerer->TrySchedule(closure);
+          };
+    }
     state->batcher = std::make_unique<Batcher>(std::move(batcher_options));
   }
 
@@ -290,6 +299,7 @@ void Server::Shutdown(std::chrono::milliseconds grace) {
   // stop.
   state_->grpc_server->Shutdown(std::chrono::system_clock::now() + grace);
   if (state_->batcher != nullptr) state_->batcher->Shutdown();
+  if (state_->answerer != nullptr) state_->answerer->Shutdown();  // after the batcher's last
   state_->executor->Shutdown();
   state_->grpc_server->Wait();
   absl::MutexLock lock(&shutdown_mu_);

@@ -25,23 +25,29 @@ namespace {
 // Freed with the thread: small requests run inline on gRPC's threads, which
 // come and go.
 struct ThreadCuda {
+  // The events of one call's phases (see CallScope): h2d is upload_begin ->
+  // upload_end, kernel is kernel_begin -> computed, d2h is computed ->
+  // downloaded.
+  enum Event { kUploadBegin, kUploadEnd, kKernelBegin, kComputed, kDownloaded, kEvents };
+
   cudaStream_t stream = nullptr;
-  cudaEvent_t start = nullptr, uploaded = nullptr, computed = nullptr, downloaded = nullptr;
+  cudaEvent_t events[kEvents] = {};
   bool timing = false;  // a CallScope of this thread is timing its call
 
   ~ThreadCuda() {
     // At process exit the runtime may be gone first; the errors are moot.
-    for (cudaEvent_t event : {start, uploaded, computed, downloaded}) {
+    for (cudaEvent_t event : events) {
       if (event != nullptr) cudaEventDestroy(event);
     }
     if (stream != nullptr) cudaStreamDestroy(stream);
   }
+  // Creates the events not made yet; false if one cannot be (then the call
+  // goes untimed, and a later call tries again).
   bool HasEvents() {
-    if (downloaded != nullptr) return true;
-    for (cudaEvent_t* event : {&start, &uploaded, &computed, &downloaded}) {
-      if (cudaEventCreate(event) != cudaSuccess) {
+    for (cudaEvent_t& event : events) {
+      if (event == nullptr && cudaEventCreate(&event) != cudaSuccess) {
         cudaGetLastError();
-        *event = nullptr;
+        event = nullptr;
         return false;
       }
     }
@@ -194,8 +200,11 @@ void ServingDevice::NoteFailure(const absl::Status& status) const {
 
 namespace {
 
-// The kernels of these ops read each input byte and write each output byte
-// once, so pinned host memory serves them as well as a copy would.
+// The kernels of these ops stream their main tensors (each byte read or
+// written once; tables, weights and scales a few times, and per-tensor
+// Quantize reads its input twice), so for small tensors pinned host memory
+// over PCIe costs less than the copies it saves. A GEMM rereads its
+// activations from every block: never zero-copy.
 bool TouchesEachByteOnce(Op op) {
   switch (op) {
     case Op::kRmsNorm:
@@ -222,10 +231,8 @@ CallScope::CallScope(const ServingDevice& device, ServerMetrics* metrics, Op op)
   if (device.is_cuda()) {
     if (t_cuda.stream == nullptr) device.InitThread();
     ctx_.stream = t_cuda.stream;
-    // The stream is idle here (every scope waits for its work), so `start`
-    // completes when the first upload begins.
-    if (metrics_ != nullptr && !t_cuda.timing && t_cuda.HasEvents() &&
-        cudaEventRecord(t_cuda.start, t_cuda.stream) == cudaSuccess) {
+    // Events belong to the thread: a scope nested in another goes untimed.
+    if (metrics_ != nullptr && !t_cuda.timing && t_cuda.HasEvents()) {
       timed_ = t_cuda.timing = true;
     }
   }
@@ -264,6 +271,30 @@ absl::StatusOr<void*> CallScope::Allocate(size_t bytes) {
   return p;
 }
 
+const kernels::ExecContext& CallScope::ctx() {
+  // The first kernel is launched with this context: the kernel phase starts
+  // here, after the inputs are in place and the outputs allocated.
+  if (!kernel_marked_) {
+    kernel_marked_ = true;
+#if ACCEL_WITH_CUDA
+    Mark(ThreadCuda::kKernelBegin);
+#endif
+  }
+  return ctx_;
+}
+
+void CallScope::Mark(int event) {
+#if ACCEL_WITH_CUDA
+  if (!timed_) return;
+  if (cudaEventRecord(t_cuda.events[event], t_cuda.stream) == cudaSuccess) {
+    marked_ |= 1u << event;
+  } else {
+    cudaGetLastError();
+    marked_ &= ~(1u << event);  // never pair a stale timestamp
+  }
+#endif
+}
+
 absl::StatusOr<void*> CallScope::Pinned(size_t bytes) {
 #if ACCEL_WITH_CUDA
   void* pinned = nullptr;
@@ -278,12 +309,12 @@ absl::StatusOr<void*> CallScope::Pinned(size_t bytes) {
 
 absl::Status CallScope::Upload(void* device, const void* host, size_t n) {
 #if ACCEL_WITH_CUDA
+  if (!uploaded_) Mark(ThreadCuda::kUploadBegin);
   absl::Status s =
       Cuda(cudaMemcpyAsync(device, host, n, cudaMemcpyHostToDevice, t_cuda.stream), "upload");
   if (!s.ok()) return s;
   uploaded_ = true;
-  // Re-recorded after each upload: the kernel phase starts after the last.
-  if (timed_) cudaEventRecord(t_cuda.uploaded, t_cuda.stream);
+  Mark(ThreadCuda::kUploadEnd);  // again after each upload: h2d ends with the last
 #endif
   return absl::OkStatus();
 }
@@ -298,16 +329,15 @@ void CallScope::RecordPhases() const {
     }
     return ms * 1e-3;
   };
-  const ThreadCuda& t = t_cuda;
-  if (uploaded_) {
-    if (auto s = seconds(t.start, t.uploaded)) metrics_->ObserveCompute(op_, Phase::kH2D, *s);
-  }
-  if (auto s = seconds(uploaded_ ? t.uploaded : t.start, t.computed)) {
-    metrics_->ObserveCompute(op_, Phase::kKernel, *s);
-  }
-  if (downloads_) {
-    if (auto s = seconds(t.computed, t.downloaded)) metrics_->ObserveCompute(op_, Phase::kD2H, *s);
-  }
+  auto observe = [&](Phase phase, int from, int to) {
+    if ((marked_ >> from & 1) == 0 || (marked_ >> to & 1) == 0) return;
+    if (auto s = seconds(t_cuda.events[from], t_cuda.events[to])) {
+      metrics_->ObserveCompute(op_, phase, *s);
+    }
+  };
+  observe(Phase::kH2D, ThreadCuda::kUploadBegin, ThreadCuda::kUploadEnd);
+  observe(Phase::kKernel, ThreadCuda::kKernelBegin, ThreadCuda::kComputed);
+  observe(Phase::kD2H, ThreadCuda::kComputed, ThreadCuda::kDownloaded);
 #endif
 }
 
@@ -393,7 +423,7 @@ absl::Status CallScope::Finish() {
 #if ACCEL_WITH_CUDA
   if (device_.is_cuda()) {
     cudaStream_t stream = t_cuda.stream;
-    if (timed_) cudaEventRecord(t_cuda.computed, stream);
+    Mark(ThreadCuda::kComputed);
     for (const PendingCopy& copy : results_) {
       if (copy.device == nullptr) continue;  // written in place
       finish_status_ = Cuda(
@@ -401,7 +431,7 @@ absl::Status CallScope::Finish() {
           "download");
       if (!finish_status_.ok()) break;
     }
-    if (timed_ && downloads_) cudaEventRecord(t_cuda.downloaded, stream);
+    if (downloads_) Mark(ThreadCuda::kDownloaded);
     const absl::Status synced = Cuda(cudaStreamSynchronize(stream), "kernel execution");
     if (finish_status_.ok()) finish_status_ = synced;
     if (finish_status_.ok()) {

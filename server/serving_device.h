@@ -10,10 +10,9 @@
 // every step is the identity: inline inputs are used where they arrived and
 // results are written straight into the response.
 //
-// Small tensors (up to kZeroCopyBytes) of the ops whose kernels touch each
-// input and output byte once (RmsNorm, SwiGlu, Rope, Quantize, Dequantize;
-// not a GEMM, whose every block rereads the activations) skip the copy
-// engines: Stage returns
+// Small tensors (up to kZeroCopyBytes) of the ops whose kernels stream
+// their tensors (RmsNorm, SwiGlu, Rope, Quantize, Dequantize; not a GEMM,
+// whose every block rereads the activations) skip the copy engines: Stage returns
 // the pinned staging block itself and ResultBuffer hands the kernel a pinned
 // block, which the kernel reads or writes in place over PCIe (mapped memory,
 // one pointer for host and device by unified addressing). A one-row request
@@ -22,10 +21,12 @@
 // larger tensors are copied, since reads over PCIe run far below HBM speed.
 //
 // Given a ServerMetrics, a CallScope on CUDA times its call's phases with
-// events on its stream (start; after the last upload; before and after the
-// downloads) and records accel_compute_duration_seconds{phase=h2d|kernel|
-// d2h} after Finish: device time, which the host clock cannot see. A call
-// whose bytes all went zero-copy has only the kernel phase.
+// events on its stream (before the first and after the last upload; when
+// the first kernel is launched (ctx()); before and after the downloads) and
+// records accel_compute_duration_seconds{phase=h2d|kernel|d2h} after
+// Finish: device time, which the host clock cannot see (host staging into
+// pinned memory is not in it). A call whose bytes all went zero-copy has
+// only the kernel phase.
 //
 // A sticky CUDA error (an illegal address poisons the context) is latched:
 // later calls fail with it, and the server reports NOT_SERVING.
@@ -35,6 +36,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
@@ -112,7 +114,9 @@ class CallScope final : public kernels::ScratchAllocator {
   CallScope(const CallScope&) = delete;
   CallScope& operator=(const CallScope&) = delete;
 
-  const kernels::ExecContext& ctx() const { return ctx_; }
+  // The context to launch the call's kernels with (marks the start of the
+  // kernel phase when timed).
+  const kernels::ExecContext& ctx();
   bool on_device() const { return device_.is_cuda(); }
 
   // Scratch on the device (ScratchAllocator), freed with the scope.
@@ -153,14 +157,18 @@ class CallScope final : public kernels::ScratchAllocator {
 
   // Enqueues the upload of `n` bytes from pinned `host` to `device`.
   absl::Status Upload(void* device, const void* host, size_t n);
+  // Records event `event` (a ThreadCuda::Event) on the stream when timed.
+  void Mark(int event);
   // After a successful Finish on CUDA: records the phases from the events.
   void RecordPhases() const;
 
   const ServingDevice& device_;
   ServerMetrics* const metrics_;
   const Op op_;
-  const bool zero_copy_;   // small tensors stay in pinned memory (see above)
-  bool timed_ = false;     // events recorded on the stream (CUDA with metrics)
+  const bool zero_copy_;  // small tensors stay in pinned memory (see above)
+  bool timed_ = false;    // events recorded on the stream (CUDA with metrics)
+  bool kernel_marked_ = false;
+  uint32_t marked_ = 0;    // bit e: event e recorded for this call
   bool uploaded_ = false;  // an H2D copy was enqueued
   kernels::ExecContext ctx_;
   std::vector<void*> scratch_;  // device blocks to free

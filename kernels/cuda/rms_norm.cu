@@ -352,11 +352,12 @@ int ResidentBlocks(int threads) {
 // Calls of at most kFewRows rows (decode) launch a block per kRows rows,
 // two chunks per thread (256 threads on a row of 4096 bf16: measured 1.9 us
 // for 1-16 rows, against 2.0 with one chunk per thread, whose 16-warp
-// reduction reads 4x the shared memory); larger calls launch a persistent
-// grid (the blocks that fit at once) whose blocks prefetch their next row,
-// 4 chunks per thread without a residual (0.943 of copy at [65536, 4096],
-// against 0.937 with 2) and 2 with one (the residual doubles the registers
-// a chunk needs; 0.963-0.977 of copy, against 0.959-0.964 with 4).
+// reduction reads 4x the shared memory), and so do larger calls of rows up
+// to 4096 bf16 (see LaunchLaneK); larger calls of wider rows launch a
+// persistent grid (the blocks that fit at once) whose blocks prefetch their
+// next row, 4 chunks per thread without a residual and 2 with one (the
+// residual doubles the registers a chunk needs; 0.974-0.978 of copy at
+// [16384, 8192], against 0.959-0.964 with 4).
 constexpr int64_t kFewRows = 64;
 constexpr int kFewItems = 2;
 constexpr int kManyItems = 4;
@@ -393,7 +394,14 @@ constexpr int kGroupsFor = kK > kItems ? kK / kItems : 1;
 
 template <typename T, bool kResidual, int kL, int kK>
 cudaError_t LaunchLaneK(const RmsArgs<T>& a, cudaStream_t stream) {
-  if (a.rows <= kFewRows) {
+  // Rows of 257-512 chunks (up to 4096 bf16) take a block per row at every
+  // row count: Nsight Compute showed the persistent grid moving the same
+  // bytes with a quarter of the SM's warps resident (4 chunks per thread in
+  // 77 registers), and a block per row with two chunks per thread measured
+  // 0.984 of copy at [65536, 4096] against 0.943 (+residual 1.017 against
+  // 0.962). Wider rows keep the persistent grid, which measured better at
+  // [16384, 8192] (0.93 / 0.97 against 0.92 / 0.93).
+  if (a.rows <= kFewRows || (kL == 32 && kK == 16)) {
     return LaunchLane<T, kResidual, kL, kK, kGroupsFor<kK, kFewItems>>(a, false, stream);
   }
   constexpr int kItems = kResidual ? kManyItemsResidual : kManyItems;
