@@ -104,10 +104,11 @@ absl::Status Batcher::Schedule(std::unique_ptr<BatchTask>* task) {
   }
   (*task)->enqueued = now;
   Queue& queue = queues_[key];
-  if ((*task)->runs_inline() && queue.in_flight == 0 && queue.tasks.empty() &&
-      options_.max_queue_delay.count() == 0) {
-    // An idle queue with no delay would launch this task alone at once
-    // anyway: run it here and save the hand-off to a worker (two thread
+  if ((*task)->runs_inline() && queue.in_flight < std::max(1, options_.max_inflight_per_key) &&
+      queue.tasks.empty() && options_.max_queue_delay.count() == 0) {
+    // A queue with nothing waiting, a free launch slot and no delay would
+    // launch this task alone at once anyway: run it here and save the
+    // hand-off to a worker (two thread
     // wake-ups, the largest cost of a small request at low load). Tasks of
     // this key that arrive meanwhile queue up for a worker, as they would
     // behind a worker's launch.

@@ -8,15 +8,13 @@
 // once with --max_queue_delay_us=0 (a batch is then whatever queued while
 // that key's launches in flight ran), when --max_batch_rows are queued, or
 // when the oldest request has waited the delay. A key has at most
-// max_inflight_per_key launches in flight: one on the CPU, whose kernels
-// already use every core; several on a GPU, where each worker has its own
-// stream, so the staging copy, H2D, kernel and D2H of consecutive batches
-// of one key overlap (a pipeline of streams, each batch finished by its own
-// synchronisation), and the per-request work of answering a batch is spread
-// over several threads. Before the launch, requests whose caller cancelled or whose
-// deadline passed are answered and dropped, so they never delay others.
-// A full batcher (--max_queue_size tasks waiting) answers RESOURCE_EXHAUSTED
-// at once.
+// max_inflight_per_key launches in flight (--max_inflight_batches, 2): on
+// a GPU each worker has its own stream, so the staging copy, H2D, kernel
+// and D2H of consecutive batches of one key overlap (a pipeline of
+// streams, each batch finished by its own synchronisation); on either
+// backend a free slot lets a small request run at once. Before the launch, requests whose caller
+// cancelled or whose deadline passed are answered and dropped, so they never delay others. A full
+// batcher (--max_queue_size tasks waiting) answers RESOURCE_EXHAUSTED at once.
 //
 // Different keys run in parallel on different workers; the queue with the
 // oldest launchable request goes first. Requests that share no key with
@@ -71,7 +69,8 @@ class BatchTask {
   // Called exactly once, on any thread; the task is destroyed after.
   virtual void Done(absl::Status status) = 0;
   // True when the task is cheap enough to run on the thread that schedules
-  // it, when its queue is idle (skips a thread hop for small requests).
+  // it, when its queue is idle: nothing waiting and a launch slot free
+  // (skips a thread hop for small requests).
   virtual bool runs_inline() const { return false; }
 
   // Set by Batcher::Schedule.

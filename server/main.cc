@@ -44,8 +44,7 @@ ABSL_FLAG(bool, batching, true, "Batch concurrent compatible requests into one l
 ABSL_FLAG(int64_t, max_batch_rows, 4096, "Most rows (tokens) in one batched launch");
 ABSL_FLAG(int64_t, max_queue_delay_us, 0,
           "Longest wait for a batch to fill, in microseconds (0: take what queued meanwhile)");
-ABSL_FLAG(int, max_inflight_batches, 0,
-          "Batched launches of one op and shape in flight at once (0: 2 on a GPU, 1 on the CPU)");
+ABSL_FLAG(int, max_inflight_batches, 2, "Batched launches of one op and shape in flight at once");
 ABSL_FLAG(int64_t, inline_request_bytes, 64 * 1024,
           "Batchable requests up to this many payload bytes run on the gRPC thread when their "
           "queue is idle (0: never)");

@@ -134,9 +134,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     return absl::InvalidArgumentError(absl::StrCat(
         "--inline_request_bytes: expected >= 0 (0 = never), found ", options.inline_request_bytes));
   }
-  if (options.max_inflight_batches < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--max_inflight_batches: expected >= 0 (0 = auto), found ", options.max_inflight_batches));
+  if (options.max_inflight_batches < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--max_inflight_batches: expected >= 1, found ",
+                                                   options.max_inflight_batches));
   }
   auto opened = ServingDevice::Open(options.device);
   if (!opened.ok()) return opened.status();
@@ -173,9 +173,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   state->metrics_endpoint = std::move(*endpoint);
   state->metrics_port = state->metrics_endpoint->port();
 
-  const int inflight = options.max_inflight_batches > 0 ? options.max_inflight_batches
-                       : serving.is_cuda()              ? 2
-                                                        : 1;
+  const int inflight = options.max_inflight_batches;
   if (options.batching) {
     Batcher::Options batcher_options;
     batcher_options.max_batch_rows = options.max_batch_rows;

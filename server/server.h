@@ -60,9 +60,11 @@ struct ServerOptions {
   bool batching = true;
   int64_t max_batch_rows = 4096;
   int64_t max_queue_delay_us = 0;
-  // Launches of one batch key in flight at once; 0 = auto (2 on a GPU,
-  // where consecutive batches overlap on the workers' streams; 1 on the CPU).
-  int max_inflight_batches = 0;
+  // Launches of one batch key in flight at once (>= 1). On a GPU each runs
+  // on its worker's stream, so consecutive batches overlap their copies and
+  // kernels; on either backend a second slot lets a small request run at
+  // once (inline) while a batch is out. Measured best at 2 (bench/RESULTS.md).
+  int max_inflight_batches = 2;
   // Batchable requests of at most this many payload bytes run on the gRPC
   // thread when their queue is idle, saving two thread hand-offs; 0: never.
   int64_t inline_request_bytes = 64 * 1024;

@@ -69,9 +69,13 @@ absl::Status SubmitStreamOp(ServiceContext* service, grpc::CallbackServerContext
                             absl::AnyInvocable<void(absl::Status) &&> done) {
   absl::StatusOr<typename Traits::Item> item = Traits::Prepare(service->env, req, resp);
   if (!item.ok()) return item.status();
-  // Never inline: done() takes the reactor's lock, which the caller holds.
+  // A small message may run on this (gRPC) thread when its queue is idle,
+  // as a small unary call does: the caller holds no lock, so done() may
+  // take the reactor's.
+  const bool runs_inline =
+      static_cast<int64_t>(req.ByteSizeLong()) <= service->inline_request_bytes;
   std::unique_ptr<BatchTask> task = std::make_unique<OpTask<Traits>>(
-      &service->env, std::move(*item), call, /*runs_inline=*/false, std::move(done));
+      &service->env, std::move(*item), call, runs_inline, std::move(done));
   return SubmitTask(*service, &task);
 }
 
@@ -171,24 +175,30 @@ void StreamReactor::FinishStream() {
 }
 
 void StreamReactor::OnReadDone(bool ok) {
+  const auto start = std::chrono::steady_clock::now();
+  std::shared_ptr<v1::StreamRequest> request;
   bool finish;
   {
     absl::MutexLock lock(&mu_);
-    finish = HandleRead(ok);
+    reading_ = false;
+    if (ok) {
+      // Counted in flight first, so the stream cannot finish before its
+      // answer is written; then the next read starts at once.
+      ++in_flight_;
+      request = std::make_shared<v1::StreamRequest>(std::move(request_));
+      request_.Clear();
+    } else {
+      reads_done_ = true;
+    }
+    finish = Pump();
   }
+  // Outside the lock: the message may run (and be answered) on this thread.
+  if (request != nullptr) Schedule(std::move(request), start);
   if (finish) FinishStream();
 }
 
-bool StreamReactor::HandleRead(bool ok) {
-  reading_ = false;
-  if (!ok) {
-    reads_done_ = true;
-    return Pump();
-  }
-  ++in_flight_;
-  const auto start = std::chrono::steady_clock::now();
-  auto request = std::make_shared<v1::StreamRequest>(std::move(request_));
-  request_.Clear();
+void StreamReactor::Schedule(std::shared_ptr<const v1::StreamRequest> request,
+                             std::chrono::steady_clock::time_point start) {
   ServerMetrics* metrics = service_->metrics;
   metrics->AddBytesReceived(static_cast<int64_t>(request->ByteSizeLong()));
   const std::optional<Op> op = OpOfStreamRequest(*request);
@@ -226,9 +236,8 @@ bool StreamReactor::HandleRead(bool ok) {
                 static_cast<int64_t>(request->ByteSizeLong()),
                 static_cast<int64_t>(response->ByteSizeLong()), start);
     }
-    to_write_.push_back(std::move(response));
+    Enqueue(std::move(response));
   }
-  return Pump();
 }
 
 void StreamReactor::OnWriteDone(bool ok) {

@@ -54,14 +54,18 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::StreamRequest, v1
   // called.
   bool Pump() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishStream();
-  bool HandleRead(bool ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs one message that was read (through the batcher or the executor,
+  // or here when small and its queue is idle); its answer is queued by
+  // Enqueue. Called without mu_.
+  void Schedule(std::shared_ptr<const v1::StreamRequest> request,
+                std::chrono::steady_clock::time_point start) ABSL_LOCKS_EXCLUDED(mu_);
   // Whether the message's op goes through the batcher.
   static bool Batchable(const v1::StreamRequest& request);
   // Prepares a batchable message and submits it; an error (invalid
   // request, full queue) is the message's answer.
   absl::Status ScheduleBatched(std::shared_ptr<const v1::StreamRequest> request, Op op,
                                std::chrono::steady_clock::time_point start)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Fills the status into `response`, records the message and queues the
   // response for writing. Called without mu_ (from a batcher thread).
   void FinishMessage(const v1::StreamRequest& request, std::unique_ptr<v1::StreamResponse> response,

@@ -26,7 +26,7 @@ TEST(ServerOptions, EveryBadValueFailsTheStartUpNamingItsFlag) {
       {"--max_resident_bytes", [](auto& o) { o.max_resident_bytes = -1; }},
       {"--max_batch_rows", [](auto& o) { o.max_batch_rows = 0; }},
       {"--max_queue_delay_us", [](auto& o) { o.max_queue_delay_us = -5; }},
-      {"--max_inflight_batches", [](auto& o) { o.max_inflight_batches = -1; }},
+      {"--max_inflight_batches", [](auto& o) { o.max_inflight_batches = 0; }},
       {"--inline_request_bytes", [](auto& o) { o.inline_request_bytes = -1; }},
       {"--device", [](auto& o) { o.device = "tpu"; }},
       {"--grpc_address", [](auto& o) { o.grpc_address = "no-port"; }},

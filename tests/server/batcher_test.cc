@@ -364,6 +364,43 @@ TEST(Batcher, AnInlineTaskOfAnIdleKeyRunsOnTheSchedulingThread) {
   EXPECT_EQ(log.done.count(1), 1u);
 }
 
+TEST(Batcher, AnInlineTaskRunsHereWhileASlotIsFreeAndQueuesWhenAllAreBusy) {
+  Log log;
+  absl::Notification gate;
+  Batcher::Options options = TestOptions();
+  options.max_inflight_per_key = 2;
+  Batcher batcher(options);
+  auto blocked = Task(1, "a", &log);
+  blocked->BlockOn(&gate);
+  ASSERT_TRUE(Schedule(batcher, std::move(blocked)).ok());
+  log.WaitLaunches(1);  // one slot busy, on a worker
+  auto second = Task(2, "a", &log);
+  second->Inline();
+  ASSERT_TRUE(Schedule(batcher, std::move(second)).ok());
+  {
+    absl::MutexLock lock(&log.mu);
+    EXPECT_EQ(log.done.count(2), 1u) << "the free slot ran it on this thread";
+  }
+  // Both slots busy: an inline task now waits for a worker like any other.
+  absl::Notification gate2;
+  auto third = Task(3, "a", &log);
+  third->BlockOn(&gate2);
+  ASSERT_TRUE(Schedule(batcher, std::move(third)).ok());
+  log.WaitLaunches(3);
+  auto fourth = Task(4, "a", &log);
+  fourth->Inline();
+  ASSERT_TRUE(Schedule(batcher, std::move(fourth)).ok());
+  {
+    absl::MutexLock lock(&log.mu);
+    EXPECT_EQ(log.done.count(4), 0u) << "queued behind the two launches in flight";
+  }
+  gate.Notify();
+  gate2.Notify();
+  log.WaitDone(4);
+  absl::MutexLock lock(&log.mu);
+  for (const auto& [id, status] : log.done) EXPECT_TRUE(status.ok()) << id;
+}
+
 TEST(Batcher, ShutdownLaunchesWhatIsQueuedAndThenRefuses) {
   Log log;
   Batcher::Options options = TestOptions();
