@@ -154,7 +154,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
                           ? options.executor_threads
                           : static_cast<int>(std::max(serving.is_cuda() ? 4u : 2u,
                                                       std::thread::hardware_concurrency()));
-  Executor::Options executor_options{threads, options.max_queue_size};
+  Executor::Options executor_options{threads, options.max_queue_size, nullptr};
   executor_options.thread_init = [&serving] { serving.InitThread(); };
   state->executor = std::make_unique<Executor>(executor_options);
 
