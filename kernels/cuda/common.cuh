@@ -94,12 +94,26 @@ inline int FloatSize(ElemType t) { return t == ElemType::kF32 ? 4 : 2; }
 // Grid size of a launch over `units` independent pieces of work: one per
 // thread, capped at kFlatBlocksPerSm blocks per SM (two waves of 8 resident
 // 256-thread blocks); past the cap threads loop (grid-stride). Never 0.
+// For kernels that reduce per block (one atomic per block).
 constexpr int kFlatThreads = 256;
 constexpr int kFlatBlocksPerSm = 16;
 inline unsigned FlatBlocks(int64_t units, int threads = kFlatThreads) {
   const int64_t want = CeilDiv(units, threads);
   const int64_t cap = int64_t{NumSms()} * kFlatBlocksPerSm;
   return static_cast<unsigned>(want < 1 ? 1 : (want < cap ? want : cap));
+}
+
+// The same, uncapped: a block per `threads` units, each thread one unit
+// (grid-stride only past 2^31 - 1 blocks). For streaming elementwise
+// kernels: Nsight Compute showed the capped grid-stride Dequantize at 82% of
+// DRAM peak where torch.compile's one-shot grid reaches 87% on the same
+// bytes; uncapped, Dequantize [65536, 4096] went from 0.916 to 0.979 of copy
+// and SwiGlu from 0.94-0.96 to 0.97-1.04. (The W8A16 convert and epilogue
+// kernels measured 2-5% slower uncapped and keep FlatBlocks.)
+inline unsigned OneShotBlocks(int64_t units, int threads = kFlatThreads) {
+  const int64_t want = CeilDiv(units, threads);
+  constexpr int64_t kMax = 0x7fffffff;
+  return static_cast<unsigned>(want < 1 ? 1 : (want < kMax ? want : kMax));
 }
 
 // n / d for a divisor fixed per launch, without a division instruction

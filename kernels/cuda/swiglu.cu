@@ -100,7 +100,7 @@ cudaError_t LaunchSwiGluN(const SwiGluParams& p, int threads, cudaStream_t strea
   const FlatPlan plan =
       PlanFlat(p.n, N, {{p.gate, sizeof(T)}, {p.up, sizeof(T)}, {p.output, sizeof(T)}});
   const int64_t work = plan.nvec > plan.scalars() ? plan.nvec : plan.scalars();
-  SwiGluKernel<T, N><<<FlatBlocks(work, threads), threads, 0, stream>>>(
+  SwiGluKernel<T, N><<<OneShotBlocks(work, threads), threads, 0, stream>>>(
       static_cast<const T*>(p.gate), static_cast<const T*>(p.up), static_cast<T*>(p.output), plan);
   return cudaGetLastError();
 }
