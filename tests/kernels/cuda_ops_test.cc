@@ -711,7 +711,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaQuantizeTest,
                          ::testing::ValuesIn(testing::QuantizeCases(
                              {Shape{}, Shape{1}, Shape{3}, Shape{17, 5}, Shape{4095},
                               Shape{3, 8193}, Shape{0, 7}, Shape{2, 3, 17}, Shape{300001},
-                              Shape{64, 4096}, Shape{2, 70000}, Shape{1, 300001}})));
+                              Shape{64, 4096}, Shape{2, 70000}, Shape{1, 300001}, Shape{80, 1000},
+                              Shape{130, 4095}})));
 
 TEST(CudaQuantize, RoundsHalfToEvenAndClamps) {
   SKIP_WITHOUT_CUDA();
