@@ -11,6 +11,7 @@
 set -uo pipefail
 export LD_LIBRARY_PATH="$PWD/gpu-bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
+. bench/serve_lib.sh
 # server_process_test starts the binary itself.
 export ACCEL_SERVER_BINARY=${ACCEL_SERVER_BINARY:-$PWD/gpu-bundle/bin/accel-server}
 bin=gpu-bundle/bin
@@ -53,13 +54,9 @@ case "${1:-tests}" in
     # How many launches of one key in flight pay off (one server per value).
     echo "inflight run qps p50_us p99_us rows_per_launch"
     for n in ${INFLIGHT:-1 2 4 8}; do
-      "$bin/accel-server" --grpc_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 \
-        --max_inflight_batches=$n > /tmp/srv.out 2>/tmp/srv.err &
-      pid=$!
-      for _ in $(seq 100); do grep -q '^listening ' /tmp/srv.out && break; sleep 0.05; done
-      line=$(grep '^listening ' /tmp/srv.out)
-      target=$(sed 's/.*grpc=\([^ ]*\).*/\1/' <<<"$line")
-      metrics=$(sed -n 's/.*metrics=\([^ ]*\).*/\1/p' <<<"$line")
+      serve /tmp/srv "$bin/accel-server" --grpc_address=127.0.0.1:0 \
+        --metrics_address=127.0.0.1:0 --max_inflight_batches=$n
+      pid=$served_pid target=$grpc
       for run in "unary 256 4" "stream 64 4"; do
         set -- $run
         flags="--target=$target --metrics=$metrics --op=rms_norm --rows=1 --width=4096 --dtype=bf16"
@@ -72,23 +69,18 @@ case "${1:-tests}" in
     done | tee "$out/inflight_sweep.txt"
     ;;
   latency)
-    # serve NAME FLAGS...: starts a server, sets $flags for load_gen.
-    serve() {
-      local name=$1
-      shift
-      "$@" --grpc_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 > "/tmp/$name.out" 2>/dev/null &
-      for _ in $(seq 100); do grep -q '^listening ' "/tmp/$name.out" && break; sleep 0.05; done
-      local line
-      line=$(grep '^listening ' "/tmp/$name.out")
-      flags="--target=$(sed 's/.*grpc=\([^ ]*\).*/\1/' <<<"$line")"
-      flags="$flags --metrics=$(sed -n 's/.*metrics=\([^ ]*\).*/\1/p' <<<"$line")"
-    }
-    serve inline "$bin/accel-server"; inline=$flags
-    serve hop "$bin/accel-server" --inline_request_bytes=0; hop=$flags
-    serve nobatch "$bin/accel-server" --batching=false; nobatch=$flags
-    "$bin/load_gen" --serve_echo > /tmp/echo.out 2>/dev/null &
-    for _ in $(seq 100); do grep -q '^listening ' /tmp/echo.out && break; sleep 0.05; done
-    echo_flags="--echo --echo_target=$(sed 's/.*grpc=\([^ ]*\).*/\1/' <<<"$(grep '^listening ' /tmp/echo.out)")"
+    # A server per path, and the echo floor; load_gen flags for each.
+    lg_flags() { echo "--target=$grpc --metrics=$metrics"; }
+    serve /tmp/inline "$bin/accel-server" --grpc_address=127.0.0.1:0 --metrics_address=127.0.0.1:0
+    inline=$(lg_flags)
+    serve /tmp/hop "$bin/accel-server" --grpc_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 \
+      --inline_request_bytes=0
+    hop=$(lg_flags)
+    serve /tmp/nobatch "$bin/accel-server" --grpc_address=127.0.0.1:0 \
+      --metrics_address=127.0.0.1:0 --batching=false
+    nobatch=$(lg_flags)
+    serve /tmp/echo "$bin/load_gen" --serve_echo
+    echo_flags="--echo --echo_target=$grpc"
     row="--op=rms_norm --rows=1 --width=4096 --dtype=bf16 --concurrency=1 --duration_s=3 --warmup_s=1"
     for round in 1 2; do
       for side in inline hop nobatch echo_flags; do

@@ -22,6 +22,7 @@
 # comparisons) and bench/load_latency.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/serve_lib.sh
 build=${1:-build}
 out=${2:-bench_out/load}
 duration=${3:-3}
@@ -36,23 +37,13 @@ stop_all() {
 }
 trap stop_all EXIT
 
-# start NAME COMMAND...: starts a server, waits for its listening line and
-# sets $grpc and $metrics from it.
+# start NAME COMMAND...: starts a server (bench/serve_lib.sh) and sets
+# $grpc and $metrics from its listening line.
 start() {
   local name=$1
   shift
-  "$@" >"$out/server.$name.out" 2>"$out/server.$name.err" &
-  local pid=$!
-  pids+=("$pid")
-  for _ in $(seq 200); do
-    grep -q '^listening ' "$out/server.$name.out" 2>/dev/null && break
-    kill -0 "$pid" 2>/dev/null || { cat "$out/server.$name.err"; exit 1; }
-    sleep 0.05
-  done
-  local line
-  line=$(grep '^listening ' "$out/server.$name.out")
-  grpc=$(sed 's/.*grpc=\([^ ]*\).*/\1/' <<<"$line")
-  metrics=$(sed -n 's/.*metrics=\([^ ]*\).*/\1/p' <<<"$line")
+  serve "$out/server.$name" "$@"
+  pids+=("$served_pid")
   echo "# $name: $line" | tee -a "$out/summary.txt"
 }
 

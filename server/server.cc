@@ -173,7 +173,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   state->metrics_endpoint = std::move(*endpoint);
   state->metrics_port = state->metrics_endpoint->port();
 
-  const int inflight = options.max_inflight_batches;
   if (options.batching) {
     Batcher::Options batcher_options;
     batcher_options.max_batch_rows = options.max_batch_rows;
@@ -182,7 +181,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     // On a GPU a key keeps a few launches in flight, each on its worker's
     // stream, so consecutive batches overlap their copies and kernels; on
     // the CPU one launch already uses every core.
-    batcher_options.max_inflight_per_key = inflight;
+    batcher_options.max_inflight_per_key = options.max_inflight_batches;
     batcher_options.threads = threads;
     batcher_options.thread_init = [&serving] { serving.InitThread(); };
     batcher_options.metrics = state->metrics.get();
@@ -256,7 +255,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
             << " batching=" << (options.batching ? "on" : "off")
             << " max_batch_rows=" << options.max_batch_rows
             << " max_queue_delay_us=" << options.max_queue_delay_us
-            << " max_inflight_batches=" << inflight
+            << " max_inflight_batches=" << options.max_inflight_batches
             << " inline_request_bytes=" << options.inline_request_bytes
             << " model_dir=" << (options.model_dir.empty() ? "(none)" : options.model_dir)
             << " auth=" << (options.auth_token.empty() ? "off" : "token")

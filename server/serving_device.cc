@@ -205,7 +205,7 @@ namespace {
 // Quantize reads its input twice), so for small tensors pinned host memory
 // over PCIe costs less than the copies it saves. A GEMM rereads its
 // activations from every block: never zero-copy.
-bool TouchesEachByteOnce(Op op) {
+bool StreamsItsTensors(Op op) {
   switch (op) {
     case Op::kRmsNorm:
     case Op::kSwiGlu:
@@ -224,7 +224,7 @@ CallScope::CallScope(const ServingDevice& device, ServerMetrics* metrics, Op op)
     : device_(device),
       metrics_(metrics),
       op_(op),
-      zero_copy_(device.zero_copy_ && TouchesEachByteOnce(op)) {
+      zero_copy_(device.zero_copy_ && StreamsItsTensors(op)) {
   ctx_.backend = device.backend();
   ctx_.scratch = this;
 #if ACCEL_WITH_CUDA

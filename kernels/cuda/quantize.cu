@@ -573,25 +573,15 @@ __device__ __forceinline__ void AtomicMaxNonNegative(double* addr, double v) {
             static_cast<unsigned long long>(__double_as_longlong(v)));
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kFlatThreads)
-    ErrorStatsKernel(const T* orig, const int8_t* values, const float* scales, bool per_row,
-                     int64_t cols, FlatPlan plan, double* stats) {
+// Calls add(o, q, s) for every element of this thread's share of the plan:
+// o the original value (fp32), q its int8 value, s its scale. The two
+// QuantizationError passes walk (original, values) this way.
+template <typename T, typename Add>
+__device__ __forceinline__ void ForEachQuantized(const T* orig, const int8_t* values,
+                                                 const float* scales, bool per_row, int64_t cols,
+                                                 const FlatPlan& plan, Add&& add) {
   constexpr int N = kVecOf<T>;
-  __shared__ double dred[33];
-  __shared__ float fred[33];
   const float scale0 = scales[0];
-  float max_d = 0.0f, max_o = 0.0f;
-  double sum_abs = 0.0, sum_o2 = 0.0, sum_d2 = 0.0;
-  auto add = [&](float o, int8_t q, float s) {
-    const float d = DiffOf(o, q, s);
-    const float ad = fabsf(d);
-    max_d = fmaxf(max_d, ad);
-    max_o = fmaxf(max_o, fabsf(o));
-    sum_abs += static_cast<double>(ad);
-    sum_o2 = fma(static_cast<double>(o), static_cast<double>(o), sum_o2);
-    sum_d2 = fma(static_cast<double>(d), static_cast<double>(d), sum_d2);
-  };
   FlatLoop<N>(
       plan,
       [&](int64_t i) {
@@ -604,6 +594,26 @@ __global__ void __launch_bounds__(kFlatThreads)
       [&](int64_t i) {
         add(ToFloat(orig[i]), values[i], per_row ? scales[RowOf(i, cols)] : scale0);
       });
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kFlatThreads)
+    ErrorStatsKernel(const T* orig, const int8_t* values, const float* scales, bool per_row,
+                     int64_t cols, FlatPlan plan, double* stats) {
+  __shared__ double dred[33];
+  __shared__ float fred[33];
+  float max_d = 0.0f, max_o = 0.0f;
+  double sum_abs = 0.0, sum_o2 = 0.0, sum_d2 = 0.0;
+  auto add = [&](float o, int8_t q, float s) {
+    const float d = DiffOf(o, q, s);
+    const float ad = fabsf(d);
+    max_d = fmaxf(max_d, ad);
+    max_o = fmaxf(max_o, fabsf(o));
+    sum_abs += static_cast<double>(ad);
+    sum_o2 = fma(static_cast<double>(o), static_cast<double>(o), sum_o2);
+    sum_d2 = fma(static_cast<double>(d), static_cast<double>(d), sum_d2);
+  };
+  ForEachQuantized<T>(orig, values, scales, per_row, cols, plan, add);
   max_d = BlockAllReduce(max_d, MaxOp{}, 0.0f, fred);
   max_o = BlockAllReduce(max_o, MaxOp{}, 0.0f, fred);
   sum_abs = BlockAllReduce(sum_abs, SumOp{}, 0.0, dred);
@@ -624,9 +634,7 @@ template <typename T>
 __global__ void __launch_bounds__(kFlatThreads)
     RelativeErrorKernel(const T* orig, const int8_t* values, const float* scales, bool per_row,
                         int64_t cols, FlatPlan plan, double* stats) {
-  constexpr int N = kVecOf<T>;
   __shared__ double dred[33];
-  const float scale0 = scales[0];
   const double threshold = 0.1 * stats[kMaxAbsOrig];
   double num = 0.0, den = 1.0;
   auto add = [&](float o, int8_t q, float s) {
@@ -639,18 +647,7 @@ __global__ void __launch_bounds__(kFlatThreads)
       }
     }
   };
-  FlatLoop<N>(
-      plan,
-      [&](int64_t i) {
-        const float s = per_row ? scales[RowOf(i, cols)] : scale0;
-        const Vec<T, N> o = LoadVec<T, N>(orig + i);
-        const Vec<int8_t, N> q = LoadVec<int8_t, N>(values + i);
-#pragma unroll
-        for (int j = 0; j < N; ++j) add(ToFloat(o.v[j]), q.v[j], s);
-      },
-      [&](int64_t i) {
-        add(ToFloat(orig[i]), values[i], per_row ? scales[RowOf(i, cols)] : scale0);
-      });
+  ForEachQuantized<T>(orig, values, scales, per_row, cols, plan, add);
   const double rel = BlockAllReduce(num / den, MaxOp{}, 0.0, dred);
   if (threadIdx.x == 0) AtomicMaxNonNegative(&stats[kMaxRel], rel);
 }

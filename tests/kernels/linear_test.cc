@@ -17,6 +17,7 @@ using testing::AllClose;
 using testing::HostTensor;
 
 using testing::MakeWeight;
+using testing::RefFfn;
 using testing::TestWeight;
 using testing::WeightKind;
 
@@ -110,16 +111,6 @@ class CountingScratch : public ScratchAllocator {
 };
 
 // --------------------------------------------------------------------- Ffn
-
-std::vector<double> RefFfn(const std::vector<double>& x, const TestWeight& wg, const TestWeight& wu,
-                           const TestWeight& wd, const std::vector<double>* bg,
-                           const std::vector<double>* bu, const std::vector<double>* bd, int64_t m,
-                           int64_t h, int64_t i, std::vector<double>* mag) {
-  const auto g = testing::Linear(x, wg.values.values(), wg.ref_scales(), bg, m, h, i, nullptr);
-  const auto u = testing::Linear(x, wu.values.values(), wu.ref_scales(), bu, m, h, i, nullptr);
-  const auto act = testing::SwiGlu(g, u);
-  return testing::Linear(act, wd.values.values(), wd.ref_scales(), bd, m, i, h, mag);
-}
 
 struct FfnCase {
   int64_t m, h, i;

@@ -1,6 +1,7 @@
 // Weights for the Linear and Ffn tests (CPU and CUDA): float weights of the
 // input's dtype or of another one, and int8 weights with per-row or
-// per-tensor scales, with values sized like a real layer's (|w| <= 1/sqrt(k)).
+// per-tensor scales, with values sized like a real layer's (|w| <= 1/sqrt(k)),
+// and the fp64 reference of the Ffn block over them.
 //
 // Test-only.
 #pragma once
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "accel/kernels/ops.h"
+#include "reference.h"
 #include "test_util.h"
 
 namespace accel::kernels::testing {
@@ -77,6 +79,20 @@ inline TestWeight MakeWeight(WeightKind kind, DType input_dtype, int64_t rows, i
     }
   }
   return w;
+}
+
+// The fp64 reference of Ffn: down(SwiGlu(gate(x), up(x))), with biases
+// when given; `mag` receives the down projection's sum of |x w scale| (see
+// Linear in reference.h), the scale of its rounding error.
+inline std::vector<double> RefFfn(const std::vector<double>& x, const TestWeight& wg,
+                                  const TestWeight& wu, const TestWeight& wd,
+                                  const std::vector<double>* bg, const std::vector<double>* bu,
+                                  const std::vector<double>* bd, int64_t m, int64_t h, int64_t i,
+                                  std::vector<double>* mag) {
+  const auto g = Linear(x, wg.values.values(), wg.ref_scales(), bg, m, h, i, nullptr);
+  const auto u = Linear(x, wu.values.values(), wu.ref_scales(), bu, m, h, i, nullptr);
+  const auto act = SwiGlu(g, u);
+  return Linear(act, wd.values.values(), wd.ref_scales(), bd, m, i, h, mag);
 }
 
 }  // namespace accel::kernels::testing
