@@ -275,8 +275,8 @@ int main(int argc, char** argv) {
         p.per_row_scales = true;
         p.output = y;
         const LinearPath chosen = cuda::ChooseLinearPath(p);
-        for (LinearPath path :
-             {LinearPath::kAuto, LinearPath::kW8A16Skinny, LinearPath::kW8A16Dequant}) {
+        for (LinearPath path : {LinearPath::kAuto, LinearPath::kW8A16Skinny, LinearPath::kW8A16Gemm,
+                                LinearPath::kW8A16Dequant}) {
           if (!cuda::LinearPathSupports(path, p)) continue;
           if (path == chosen) continue;  // already timed as "w8a16"
           const LinearPath actual = path == LinearPath::kAuto ? chosen : path;

@@ -10,7 +10,9 @@
 // launches; each of >= 100 timed launches gets its own pair of events and the
 // median is reported. GB/s counts the bytes that must move (each input read
 // once, each output written once). The copy ceiling is cudaMemcpyAsync D2D
-// of 256 MiB buffers (2 * bytes / time); `copy_frac` = ours / that. Small
+// of 256 MiB buffers (2 * bytes / time); `copy_frac` = ours / that; for
+// large shapes also ours / a D2D copy moving the op's own byte count (the
+// ceiling at that footprint: smaller transfers lose more to ramp-up). Small
 // calls (1 and 16 rows) are timed as a CUDA graph of 100 launches, so the
 // figure is per-kernel time without launch gaps.
 //
@@ -32,6 +34,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -205,19 +208,49 @@ double TimeGraph(int sets, const std::function<void(int)>& launch) {
   return Median(us);
 }
 
+// GB/s (2 * bytes / time) of a D2D copy that moves `moved` bytes in all
+// (reads + writes, as an op's byte count), rotated like the ops: the
+// ceiling at the op's own footprint, where a launch's ramp-up and tail are
+// a larger share than in the 256 MiB copy. Cached per size.
+double SameBytesCopyGbps(double moved) {
+  static std::map<size_t, double> cache;
+  const size_t bytes = static_cast<size_t>(moved / 2) / 256 * 256;
+  if (bytes == 0) return 0;
+  auto it = cache.find(bytes);
+  if (it != cache.end()) return it->second;
+  DeviceArena arena;
+  const int sets = SetsFor(2 * bytes);
+  std::vector<void*> src(sets), dst(sets);
+  for (int s = 0; s < sets; ++s) {
+    src[s] = arena.Alloc(bytes);
+    dst[s] = arena.Alloc(bytes);
+    CHECK_CUDA(cudaMemsetAsync(src[s], s + 1, bytes, g_stream));
+  }
+  const double us = TimeRotated(sets, [&](int s) {
+    CHECK_CUDA(cudaMemcpyAsync(dst[s], src[s], bytes, cudaMemcpyDeviceToDevice, g_stream));
+  });
+  return cache[bytes] = 2.0 * bytes / (us * 1e3);
+}
+
 struct Result {
   std::string op, dtype, shape;
   double us, bytes, gbps, frac;
+  double same_frac;  // ours / a copy of the same bytes (large shapes; 0 for small calls)
   bool small;
 };
 std::vector<Result> g_results;
 
 void Report(const std::string& op, cu::ElemType t, const std::string& shape, double us,
             double bytes, bool small = false) {
-  Result r{op, Name(t), shape, us, bytes, bytes / (us * 1e3), 0, small};
+  Result r{op, Name(t), shape, us, bytes, bytes / (us * 1e3), 0, 0, small};
   r.frac = r.gbps / g_copy_gbps;
-  std::printf("%-18s %-5s %-22s %10.2f us %8.1f GB/s %6.3f of copy%s\n", op.c_str(),
-              r.dtype.c_str(), shape.c_str(), us, r.gbps, r.frac, small ? "  (graph)" : "");
+  char same[64] = "";
+  if (!small) {
+    r.same_frac = r.gbps / SameBytesCopyGbps(bytes);
+    std::snprintf(same, sizeof(same), "  %6.3f of a same-bytes copy", r.same_frac);
+  }
+  std::printf("%-18s %-5s %-22s %10.2f us %8.1f GB/s %6.3f of copy%s%s\n", op.c_str(),
+              r.dtype.c_str(), shape.c_str(), us, r.gbps, r.frac, same, small ? "  (graph)" : "");
   std::fflush(stdout);
   g_results.push_back(r);
 }
@@ -426,9 +459,10 @@ void WriteJson(const char* path, const cudaDeviceProp& prop) {
     const Result& r = g_results[i];
     std::fprintf(f,
                  "    {\"op\": \"%s\", \"dtype\": \"%s\", \"shape\": \"%s\", \"us\": %.4f, "
-                 "\"bytes\": %.0f, \"gbps\": %.3f, \"copy_frac\": %.4f, \"small\": %s}%s\n",
+                 "\"bytes\": %.0f, \"gbps\": %.3f, \"copy_frac\": %.4f, "
+                 "\"same_bytes_copy_frac\": %.4f, \"small\": %s}%s\n",
                  r.op.c_str(), r.dtype.c_str(), r.shape.c_str(), r.us, r.bytes, r.gbps, r.frac,
-                 r.small ? "true" : "false", i + 1 < g_results.size() ? "," : "");
+                 r.same_frac, r.small ? "true" : "false", i + 1 < g_results.size() ? "," : "");
   }
   std::fprintf(f, "  ]\n}\n");
   std::fclose(f);

@@ -160,7 +160,8 @@ class Batcher {
   // std::unordered_map: references stay valid while other keys come and go.
   std::unordered_map<std::string, Queue> queues_ ABSL_GUARDED_BY(mu_);
   int64_t queued_ ABSL_GUARDED_BY(mu_) = 0;
-  // Bumped whenever a worker may find new work: a task queued, a queue idle.
+  // Bumped whenever a worker may find new work: a task queued on a key with
+  // a free launch slot, a slot freed on a key with tasks waiting.
   uint64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> workers_;

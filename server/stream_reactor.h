@@ -82,6 +82,9 @@ class StreamReactor final : public grpc::ServerBidiReactor<v1::StreamRequest, v1
   std::unique_ptr<v1::StreamResponse> writing_ ABSL_GUARDED_BY(mu_);
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;  // read but not yet written
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  // OnReadDone is handing the message it read to Schedule: the next read
+  // waits for it.
+  bool scheduling_ ABSL_GUARDED_BY(mu_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;  // a write failed: the client is gone

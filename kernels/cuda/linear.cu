@@ -7,7 +7,11 @@
 //                converted to fp32 in the workspace (exact), an fp32 GEMM,
 //                rounded once to the output dtype.
 //  kW8A16Skinny  int8 W and m <= 32 rows: w8a16.cu, no workspace.
-//  kW8A16Dequant int8 W otherwise: W dequantised to the input dtype in the
+//  kW8A16Gemm    int8 W and more rows on Hopper: w8a16_gemm.cu (wgmma, the
+//                weights dequantised in registers, scale and bias in its
+//                epilogue), no workspace.
+//  kW8A16Dequant int8 W otherwise (or too few tiles for the GEMM to fill
+//                the GPU): W dequantised to the input dtype in the
 //                workspace (integers up to 127 are exact in fp16, bf16 and
 //                fp32: the scale is NOT folded in, it would round), then a
 //                GEMM whose alpha vector is the per-row scale: the scale
@@ -267,7 +271,7 @@ Plan MakePlan(const LinearParams& p, LinearPath path, bool for_launch) {
       plan.expand_scale = !p.per_row_scales;
       break;
     default:
-      return plan;  // kW8A16Skinny: no workspace
+      return plan;  // kW8A16Skinny, kW8A16Gemm: no workspace
   }
   plan.block_rows = p.n;
   if (plan.convert_w) {
@@ -411,6 +415,8 @@ const char* LinearPathName(LinearPath path) {
       return "fp32";
     case LinearPath::kW8A16Skinny:
       return "w8a16_skinny";
+    case LinearPath::kW8A16Gemm:
+      return "w8a16_gemm";
     case LinearPath::kW8A16Dequant:
       return "w8a16_dequant";
   }
@@ -419,7 +425,8 @@ const char* LinearPathName(LinearPath path) {
 
 LinearPath ChooseLinearPath(const LinearParams& p) {
   if (p.weight_dtype == ElemType::kI8) {
-    return W8A16SkinnySupports(p) ? LinearPath::kW8A16Skinny : LinearPath::kW8A16Dequant;
+    if (W8A16SkinnySupports(p)) return LinearPath::kW8A16Skinny;
+    return W8A16GemmPreferred(p) ? LinearPath::kW8A16Gemm : LinearPath::kW8A16Dequant;
   }
   return p.weight_dtype == p.dtype ? LinearPath::kCublas : LinearPath::kFp32;
 }
@@ -436,6 +443,8 @@ bool LinearPathSupports(LinearPath path, const LinearParams& p) {
       return !int8;
     case LinearPath::kW8A16Skinny:
       return W8A16SkinnySupports(p);
+    case LinearPath::kW8A16Gemm:
+      return W8A16GemmSupports(p);
     case LinearPath::kW8A16Dequant:
       return int8;
   }
@@ -454,12 +463,16 @@ cudaError_t LaunchLinearWith(const LinearParams& p, LinearPath path, cudaStream_
   if (!LinearPathSupports(path, p)) return cudaErrorNotSupported;
   if (p.m == 0 || p.n == 0) return cudaSuccess;
   if (path == LinearPath::kW8A16Skinny) return LaunchW8A16Skinny(p, stream);
+  if (path == LinearPath::kW8A16Gemm) return LaunchW8A16Gemm(p, stream);
   return RunPlan(p, MakePlan(p, path, /*for_launch=*/true), stream);
 }
 
 bool LinearPathStaged(const LinearParams& p, LinearPath path) {
   if (path == LinearPath::kAuto) path = ChooseLinearPath(p);
-  if (!LinearPathSupports(path, p) || path == LinearPath::kW8A16Skinny) return false;
+  if (!LinearPathSupports(path, p) || path == LinearPath::kW8A16Skinny ||
+      path == LinearPath::kW8A16Gemm) {
+    return false;
+  }
   return MakePlan(p, path, /*for_launch=*/true).staging;
 }
 

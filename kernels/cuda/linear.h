@@ -21,13 +21,15 @@ enum class LinearPath {
   kCublas,        // float weight of the input's dtype: one cuBLASLt GEMM
   kFp32,          // mixed float dtypes: both sides converted to fp32, fp32 GEMM
   kW8A16Skinny,   // int8 weight, few rows: our tensor-core kernel (w8a16.cu)
+  kW8A16Gemm,     // int8 weight, many rows on Hopper: our wgmma GEMM (w8a16_gemm.cu)
   kW8A16Dequant,  // int8 weight: dequantize to the input dtype + cuBLASLt GEMM
 };
 
 const char* LinearPathName(LinearPath path);
 
 // Rows up to which LaunchLinear runs int8 weights through the W8A16
-// small-M kernel (decode and small batches); above, dequantize + cuBLASLt.
+// small-M kernel (decode and small batches); above, the W8A16 GEMM where it
+// runs and has the tiles to fill the GPU, else dequantize + cuBLASLt.
 inline constexpr int64_t kW8A16SkinnyMaxRows = 32;
 
 // The path LaunchLinear takes for p.
@@ -52,5 +54,21 @@ bool LinearPathStaged(const LinearParams& p, LinearPath path);
 // aligned. Needs no workspace.
 bool W8A16SkinnySupports(const LinearParams& p);
 cudaError_t LaunchW8A16Skinny(const LinearParams& p, cudaStream_t stream);
+
+// ------------------------------------------------------- w8a16_gemm.cu
+// The W8A16 GEMM for many rows (prefill): Hopper only (built for sm_90a,
+// run on compute capability 9.0), fp16/bf16 input and output, int8
+// weight, k a multiple of 16, input and weight 16-byte aligned; any m, n.
+// Needs no workspace. Preferred: supported, and enough 128 x 256 tiles to
+// fill at least half the GPU (below, dequantize + cuBLASLt is as fast).
+enum class W8A16GemmVariant {
+  kAuto,          // one CTA per tile up to one wave, persistent above
+  kTilePerBlock,  // one CTA per output tile
+  kPersistent,    // one CTA per SM, looping over tiles
+};
+bool W8A16GemmSupports(const LinearParams& p);
+bool W8A16GemmPreferred(const LinearParams& p);
+cudaError_t LaunchW8A16Gemm(const LinearParams& p, cudaStream_t stream,
+                            W8A16GemmVariant variant = W8A16GemmVariant::kAuto);
 
 }  // namespace accel::kernels::cuda

@@ -9,9 +9,12 @@
 // the block by the number of rows without changing a bit: calls of few
 // rows (decode) give each thread two chunks (256 threads on a row of 4096
 // bf16: a 1-row call is one load per tensor, one barrier and one store per
-// thread, not one warp working through 16 chunks), calls of many rows run a
-// persistent grid whose threads hold 2-4 chunks, issue the next row's loads
-// before this row's reduction and keep the weights in registers.
+// thread, not one warp working through 16 chunks), and so do calls of many
+// rows of 2049-8192 bf16 (a block per row, whose threads load the weights
+// only after the reduction: few registers, many resident blocks); calls of
+// many narrower rows run a persistent grid whose threads hold 2-4 chunks,
+// issue the next row's loads before this row's reduction and keep the
+// weights in registers.
 // Wider rows take one block per row: staged in shared memory up to the
 // opt-in limit (~113K bf16 columns on H100), else the two-pass path, which
 // reads s a second time (mostly from L2). Either way each tensor crosses
@@ -108,10 +111,14 @@ struct LaneShape {
   // Register cap: a residual row holds s, the next row's input and
   // residual and the weights (16 registers a chunk for 16-bit T): 64 for
   // one chunk per thread, 80 for two, 128 for four; without a residual 64
-  // up to two and 96 for four. Tighter caps spilled; looser ones cost
-  // resident blocks for nothing.
-  static constexpr int MinBlocks(bool residual) {
-    const int regs = residual ? (kI == 1 ? 64 : (kI == 2 ? 80 : 128)) : (kI <= 2 ? 64 : 96);
+  // up to two and 96 for four. A one-row block (no prefetch, weights after
+  // the reduction) needs 40 for up to two chunks, 48 with a residual or
+  // several rows per block.
+  // Tighter caps spilled; looser ones cost resident blocks for nothing.
+  static constexpr int MinBlocks(bool residual, bool one_row) {
+    const int regs = one_row && kI <= 2 ? (residual || kRows > 1 ? 48 : 40)
+                     : residual         ? (kI == 1 ? 64 : (kI == 2 ? 80 : 128))
+                                        : (kI <= 2 ? 64 : 96);
     return 65536 / (regs * kThreads) > 0 ? 65536 / (regs * kThreads) : 1;
   }
 };
@@ -232,9 +239,13 @@ __device__ __forceinline__ void RmsNormLaneRowSlow(const RmsArgs<T>& a, int64_t 
 // 0.98 of copy; prefetching two rows ahead gained nothing more). The slow
 // row is inlined: as a call it cost the fast path its registers (the call
 // saves every live value; up to 392 bytes of spills).
-template <typename T, int kL, int kK, int kG, bool kResidual, bool kWeightIsT>
+// kOneRow (launches of a block per row): no prefetch, and the weights are
+// loaded after the reduction, so that a thread holds only its chunks of s
+// across the barrier (a row past the grid, which only a launch of more
+// than 2^31 blocks leaves, is still handled, loading again).
+template <typename T, int kL, int kK, int kG, bool kResidual, bool kWeightIsT, bool kOneRow>
 __global__ void __launch_bounds__(LaneShape<kL, kK, kG>::kThreads,
-                                  LaneShape<kL, kK, kG>::MinBlocks(kResidual))
+                                  LaneShape<kL, kK, kG>::MinBlocks(kResidual, kOneRow))
     RmsNormLaneKernel(RmsArgs<T> a) {
   using Shape = LaneShape<kL, kK, kG>;
   constexpr int N = kVecOf<T>, kI = Shape::kI;
@@ -275,7 +286,7 @@ __global__ void __launch_bounds__(LaneShape<kL, kK, kG>::kThreads,
   // The weights (only fast rows use them).
   uint4 wt[kWeightIsT ? kI : 1];
   float wf[kWeightIsT ? 1 : kI][N];
-  if (block_fast) {
+  auto load_weights = [&] {
 #pragma unroll
     for (int i = 0; i < kI; ++i) {
       if constexpr (kWeightIsT) {
@@ -284,7 +295,8 @@ __global__ void __launch_bounds__(LaneShape<kL, kK, kG>::kThreads,
         LoadWeights<N>(a.weight, a.weight_dtype, elem(i), live[i] ? N : 0, true, wf[i]);
       }
     }
-  }
+  };
+  if (!kOneRow && block_fast) load_weights();
   auto weight = [&](int i, int j) {
     if constexpr (kWeightIsT) {
       return ElemOf<T>(wt[i], j);
@@ -316,8 +328,9 @@ __global__ void __launch_bounds__(LaneShape<kL, kK, kG>::kThreads,
       p[i] = ChunkSquares<T>(s[i]);  // 0 for a missing chunk (zeros)
     }
     const float node = PairwiseSum(p);
-    fetch(row + stride);
+    if constexpr (!kOneRow) fetch(row + stride);
     const float ss = LaneRowSum<kL, kG>(node, rbuf, t, slot);
+    if constexpr (kOneRow) load_weights();
     const float inv = rsqrtf(__fdiv_rn(ss, static_cast<float>(a.cols)) + a.eps);
 #pragma unroll
     for (int i = 0; i < kI; ++i) {
@@ -327,6 +340,7 @@ __global__ void __launch_bounds__(LaneShape<kL, kK, kG>::kThreads,
                     PackVec<T>([&](int j) { return ElemOf<T>(si, j) * inv * weight(i, j); }));
       }
     }
+    if constexpr (kOneRow) fetch(row + stride);
   }
 }
 
@@ -350,14 +364,13 @@ int ResidentBlocks(int threads) {
 }
 
 // Calls of at most kFewRows rows (decode) launch a block per kRows rows,
-// two chunks per thread (256 threads on a row of 4096 bf16: measured 1.9 us
-// for 1-16 rows, against 2.0 with one chunk per thread, whose 16-warp
-// reduction reads 4x the shared memory), and so do larger calls of rows up
-// to 4096 bf16 (see LaunchLaneK); larger calls of wider rows launch a
+// two chunks per thread (256 threads on a row of 4096 bf16: measured 1.8-1.9
+// us for 1-16 rows, against 2.0 with one chunk per thread, whose 16-warp
+// reduction reads 4x the shared memory), and so do larger calls of rows of
+// 2049-8192 bf16 (see LaunchLaneK); larger calls of narrower rows launch a
 // persistent grid (the blocks that fit at once) whose blocks prefetch their
 // next row, 4 chunks per thread without a residual and 2 with one (the
-// residual doubles the registers a chunk needs; 0.974-0.978 of copy at
-// [16384, 8192], against 0.959-0.964 with 4).
+// residual doubles the registers a chunk needs).
 constexpr int64_t kFewRows = 64;
 constexpr int kFewItems = 2;
 constexpr int kManyItems = 4;
@@ -368,14 +381,24 @@ constexpr int kManyItemsResidual = 2;
 template <typename T, bool kResidual, int kL, int kK, int kG, bool kWeightIsT>
 cudaError_t LaunchLaneW(const RmsArgs<T>& a, bool persistent, cudaStream_t stream) {
   using Shape = LaneShape<kL, kK, kG>;
-  constexpr auto kernel = RmsNormLaneKernel<T, kL, kK, kG, kResidual, kWeightIsT>;
   int64_t blocks = CeilDiv(a.rows, Shape::kRows);
   if (persistent) {
+    constexpr auto kernel = RmsNormLaneKernel<T, kL, kK, kG, kResidual, kWeightIsT, false>;
     const int64_t cap = static_cast<int64_t>(NumSms()) * ResidentBlocks<kernel>(Shape::kThreads);
     if (blocks > cap) blocks = cap;
+    kernel<<<static_cast<unsigned>(blocks), Shape::kThreads, 0, stream>>>(a);
+    return cudaGetLastError();
   }
   if (blocks > 0x7fffffff) blocks = 0x7fffffff;
-  kernel<<<static_cast<unsigned>(blocks), Shape::kThreads, 0, stream>>>(a);
+  // One row per block keeps its weights out of registers until the scaling
+  // and prefetches nothing: 40 registers without a residual (3 blocks of 512
+  // threads per SM instead of 2). A residual row of 4096 would spill at the
+  // 48 registers its 256-thread blocks then get, so it keeps the prefetching
+  // form (measured slower as one-row: 0.90 against 0.92 of copy at [4096,
+  // 4096]).
+  constexpr bool kOneRow = !kResidual || kL == 64;
+  RmsNormLaneKernel<T, kL, kK, kG, kResidual, kWeightIsT, kOneRow>
+      <<<static_cast<unsigned>(blocks), Shape::kThreads, 0, stream>>>(a);
   return cudaGetLastError();
 }
 
@@ -394,18 +417,23 @@ constexpr int kGroupsFor = kK > kItems ? kK / kItems : 1;
 
 template <typename T, bool kResidual, int kL, int kK>
 cudaError_t LaunchLaneK(const RmsArgs<T>& a, cudaStream_t stream) {
-  // Rows of 257-512 chunks (up to 4096 bf16) take a block per row at every
+  // Rows of 257-1024 chunks (2049-8192 bf16) take a block per row at every
   // row count: Nsight Compute showed the persistent grid moving the same
   // bytes with a quarter of the SM's warps resident (4 chunks per thread in
   // 77 registers), and a block per row with two chunks per thread measured
   // 0.984 of copy at [65536, 4096] against 0.943 (+residual 1.017 against
-  // 0.962). Wider rows keep the persistent grid, which measured better at
-  // [16384, 8192] (0.93 / 0.97 against 0.92 / 0.93).
-  if (a.rows <= kFewRows || (kL == 32 && kK == 16)) {
+  // 0.962); for rows of 8192 once the block kept one row (kOneRow: 40
+  // registers, 3 blocks of 512 threads per SM), 0.995-0.999 at [16384,
+  // 8192] against 0.928 (+residual 1.006 against 0.976).
+  if constexpr (kK == 16) {
     return LaunchLane<T, kResidual, kL, kK, kGroupsFor<kK, kFewItems>>(a, false, stream);
+  } else {
+    if (a.rows <= kFewRows) {
+      return LaunchLane<T, kResidual, kL, kK, kGroupsFor<kK, kFewItems>>(a, false, stream);
+    }
+    constexpr int kItems = kResidual ? kManyItemsResidual : kManyItems;
+    return LaunchLane<T, kResidual, kL, kK, kGroupsFor<kK, kItems>>(a, true, stream);
   }
-  constexpr int kItems = kResidual ? kManyItemsResidual : kManyItems;
-  return LaunchLane<T, kResidual, kL, kK, kGroupsFor<kK, kItems>>(a, true, stream);
 }
 
 template <typename T, bool kResidual>

@@ -11,14 +11,17 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "server/stream_reactor.h"
 #include "tests/integration/server_fixture.h"
 
 namespace accel::testing {
@@ -354,6 +357,51 @@ TEST_F(BatchingTest, ALargeRequestRecordsItsCopiesOnAGpu) {
   } else {
     EXPECT_EQ(phase("h2d"), std::nullopt);
   }
+}
+
+// Back-pressure: a client that writes and never reads gets at most
+// StreamReactor::kMaxInFlight of its messages read past the ones whose
+// answers the transport took (250 KB answers: a few); the rest wait in the
+// client and the flow-control window, not in the server. Reading then
+// releases every message, none lost.
+TEST_F(BatchingTest, AStreamThatIsNotReadStopsBeingRead) {
+  constexpr int kMessages = 300;
+  v1::StreamRequest request;
+  *request.mutable_rms_norm()->mutable_input() =
+      InlineRef(MakeFloatTensor(DType::kFloat32, {200, 320}, RandomFloats(200 * 320, 11, 2.0f)));
+  request.mutable_rms_norm()->mutable_weight()->set_name("norm.weight");
+  auto stream = batched().OpenStream();
+  std::atomic<int> written{0};
+  std::thread writer([&] {
+    v1::StreamRequest r = request;
+    for (int i = 0; i < kMessages; ++i) {
+      r.set_id(static_cast<uint64_t>(i));
+      if (!stream->Write(r)) return;
+      written.fetch_add(1);
+    }
+  });
+  // Wait until the writer is blocked by flow control (no progress for 300 ms).
+  int seen = -1;
+  for (int i = 0; i < 100 && written.load() != seen; ++i) {
+    seen = written.load();
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  const std::string metrics = ScrapeMetrics(servers_[0]->metrics_port());
+  const double answered =
+      Sample(metrics, "accel_request_duration_seconds_count{method=\"Stream\"}").value_or(0);
+  EXPECT_LT(written.load(), kMessages) << "the writer never blocked";
+  EXPECT_GE(answered, 1);
+  EXPECT_LE(answered, server::StreamReactor::kMaxInFlight + 32)
+      << "the server read past its bound: " << answered << " of " << written.load();
+  std::set<uint64_t> ids;
+  v1::StreamResponse response;
+  while (static_cast<int>(ids.size()) < kMessages && stream->Read(&response)) {
+    EXPECT_EQ(response.code(), 0) << response.message();
+    ids.insert(response.id());
+  }
+  writer.join();
+  EXPECT_EQ(static_cast<int>(ids.size()), kMessages);
+  EXPECT_TRUE(stream->Finish().ok());
 }
 
 TEST_F(BatchingTest, ABadRequestFailsAloneInsideABatch) {

@@ -194,6 +194,97 @@ TEST_F(CudaTest, EveryW8A16PathMatchesReference) {
   }
 }
 
+// The Hopper W8A16 GEMM (w8a16_gemm.cu), forced on shapes that cross every
+// tile edge (m past 256, n past 128, k tails of 16 that the copy engine
+// zero-fills), both scale modes, every bias dtype and none, both launch
+// variants (a CTA per tile, and persistent CTAs looping over more tiles
+// than SMs). Skips where it does not run (no sm_90 device or no sm_90a
+// build).
+TEST_F(CudaTest, W8A16GemmMatchesReference) {
+  using cuda::W8A16GemmVariant;
+  struct Shape {
+    int64_t m, n, k;
+  };
+  int tested = 0;
+  for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
+    for (Shape s : {Shape{1, 8, 16}, Shape{3, 136, 64}, Shape{17, 100, 208}, Shape{300, 520, 1040},
+                    Shape{1100, 17 * 128 + 3, 64}}) {
+      for (WeightKind kind : {WeightKind::kInt8PerRow, WeightKind::kInt8PerTensor}) {
+        for (int bias_kind = 0; bias_kind < 4; ++bias_kind) {  // none, f32, f16, bf16
+          const uint64_t seed = testing::NewSeed();
+          std::mt19937_64 rng(seed);
+          HostTensor x = testing::RandomTensor(dtype, {s.m, s.k}, rng);
+          CudaTestWeight w = MakeDeviceWeight(kind, dtype, s.n, s.k, rng);
+          const DType bias_dtype = bias_kind == 1   ? DType::kFloat32
+                                   : bias_kind == 2 ? DType::kFloat16
+                                                    : DType::kBFloat16;
+          HostTensor bias = testing::RandomTensor(bias_dtype, {s.n}, rng);
+          DeviceTensor dx(x), dbias(bias);
+          std::vector<double> mag;
+          const std::vector<double> bv = bias.values();
+          const auto want = testing::Linear(x.values(), w.values.values(), w.ref_scales(),
+                                            bias_kind > 0 ? &bv : nullptr, s.m, s.k, s.n, &mag);
+          for (double& v : mag) v *= 1e-4;
+          cuda::LinearParams p;
+          p.input = dx.data();
+          p.dtype = static_cast<cuda::ElemType>(dtype);
+          p.m = s.m;
+          p.k = s.k;
+          p.n = s.n;
+          p.weight = w.d_values->data();
+          p.weight_dtype = cuda::ElemType::kI8;
+          p.scales = static_cast<const float*>(w.d_scales->data());
+          p.per_row_scales = kind == WeightKind::kInt8PerRow;
+          p.bias = bias_kind > 0 ? dbias.data() : nullptr;
+          p.bias_dtype = static_cast<cuda::ElemType>(bias_dtype);
+          if (!cuda::W8A16GemmSupports(p)) GTEST_SKIP() << "no sm_90 device or no sm_90a build";
+          for (W8A16GemmVariant variant :
+               {W8A16GemmVariant::kTilePerBlock, W8A16GemmVariant::kPersistent}) {
+            DeviceTensor out(dtype, {s.m, s.n});
+            out.Poison();
+            p.output = out.data();
+            ASSERT_EQ(cuda::LaunchW8A16Gemm(p, stream_, variant), cudaSuccess);
+            ASSERT_TRUE(Sync());
+            EXPECT_TRUE(AllClose(
+                out.ToHost(), want, testing::DefaultTolerance(dtype),
+                testing::Ctx(seed, absl::StrCat("w8a16_gemm m=", s.m, " n=", s.n, " k=", s.k, " ",
+                                                KindName(kind), " bias=", bias_kind,
+                                                " variant=", static_cast<int>(variant))),
+                &mag));
+            ++tested;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(tested, 2 * 5 * 2 * 4 * 2);
+}
+
+// Where the GEMM runs, LaunchLinear takes it for calls with the tiles to
+// fill the GPU (no workspace) and keeps the small-M kernel for few rows.
+TEST_F(CudaTest, LinearPicksTheW8A16GemmForManyRows) {
+  cuda::LinearParams p;
+  p.dtype = cuda::ElemType::kBF16;
+  p.weight_dtype = cuda::ElemType::kI8;
+  p.m = 4096;
+  p.n = 4096;
+  p.k = 4096;
+  const float scale = 1.0f;
+  p.scales = &scale;  // only looked at for presence
+  p.per_row_scales = false;
+  if (!cuda::W8A16GemmSupports(p)) GTEST_SKIP() << "no sm_90 device or no sm_90a build";
+  EXPECT_EQ(cuda::ChooseLinearPath(p), cuda::LinearPath::kW8A16Gemm);
+  EXPECT_EQ(cuda::LinearWorkspaceBytes(p), 0u);
+  p.m = 8;
+  EXPECT_EQ(cuda::ChooseLinearPath(p), cuda::LinearPath::kW8A16Skinny);
+  p.m = 128;
+  p.n = 256;  // 2 tiles: dequantize + cuBLASLt
+  EXPECT_EQ(cuda::ChooseLinearPath(p), cuda::LinearPath::kW8A16Dequant);
+  p.n = 4096;
+  p.k = 40;  // not a multiple of 16: the copy engine cannot stride it
+  EXPECT_FALSE(cuda::W8A16GemmSupports(p));
+}
+
 // Batching never changes a result: on the W8A16 kernel a row's output has
 // the same bits whether it runs alone or with up to 31 others.
 TEST_F(CudaTest, W8A16RowsAreBatchInvariant) {
