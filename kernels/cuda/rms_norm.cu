@@ -26,7 +26,8 @@
 // Numerics: s = round_T(fp32(input + residual)) (exactly what is stored in
 // residual_out); out = round_T(s * rsqrt(mean + eps) * w). rsqrtf is within
 // 2 ulp of fp32, far inside the contract's tolerances; the mean is an IEEE
-// division. The sum of squares has a fixed order that depends only on cols,
+// division (for a power-of-two cols the same bits by a multiply, MeanOf).
+// The sum of squares has a fixed order that depends only on cols,
 // so the result is deterministic and the same for a row batched or alone, at
 // any address:
 //  - lane rows (<= 1024 chunks): kL = 32 "lanes" (64 past 512 chunks), kK
@@ -54,7 +55,21 @@ struct RmsArgs {
   int64_t rows;
   int64_t cols;
   float eps;
+  float inv_cols;  // 1 / cols when cols is a power of two (exact), else 0
 };
+
+// mean = ss / cols, an IEEE division; for a power-of-two cols the product
+// with the exact reciprocal 2^-k, which is the same correctly rounded value
+// (both round the same real number ss * 2^-k, subnormal results, inf and NaN
+// included), without the division's instruction sequence and its slow-path
+// branch on the critical path after the reduction. Measured (graph of 100
+// launches, H100, same run): rmsnorm_residual 1x4096 bf16 2.02 -> 1.98 us,
+// fp16 2.06 -> 2.03, 16x4096 bf16 2.26 -> 2.24; rows without a residual
+// unchanged (1.77 / 1.88).
+template <typename T>
+__device__ __forceinline__ float MeanOf(const RmsArgs<T>& a, float ss) {
+  return a.inv_cols != 0.0f ? __fmul_rn(ss, a.inv_cols) : __fdiv_rn(ss, static_cast<float>(a.cols));
+}
 
 __device__ __forceinline__ bool Aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
@@ -208,7 +223,7 @@ __device__ __forceinline__ void RmsNormLaneRowSlow(const RmsArgs<T>& a, int64_t 
     p[i] = SumSquares(s, 0.0f);
   }
   const float ss = LaneRowSum<kL, kG>(PairwiseSum(p), red, t, slot);
-  const float inv = rsqrtf(__fdiv_rn(ss, static_cast<float>(a.cols)) + a.eps);
+  const float inv = rsqrtf(MeanOf(a, ss) + a.eps);
 #pragma unroll 1
   for (int i = 0; i < kI; ++i) {
     const int64_t c = chunk(i);
@@ -331,7 +346,7 @@ __global__ void __launch_bounds__(LaneShape<kL, kK, kG>::kThreads,
     if constexpr (!kOneRow) fetch(row + stride);
     const float ss = LaneRowSum<kL, kG>(node, rbuf, t, slot);
     if constexpr (kOneRow) load_weights();
-    const float inv = rsqrtf(__fdiv_rn(ss, static_cast<float>(a.cols)) + a.eps);
+    const float inv = rsqrtf(MeanOf(a, ss) + a.eps);
 #pragma unroll
     for (int i = 0; i < kI; ++i) {
       if (live[i]) {
@@ -395,7 +410,8 @@ cudaError_t LaunchLaneW(const RmsArgs<T>& a, bool persistent, cudaStream_t strea
   // threads per SM instead of 2). A residual row of 4096 would spill at the
   // 48 registers its 256-thread blocks then get, so it keeps the prefetching
   // form (measured slower as one-row: 0.90 against 0.92 of copy at [4096,
-  // 4096]).
+  // 4096]). For calls of few rows, loading the weights with the row instead
+  // (kOneRow false) measured slower: 1x4096 bf16 1.77 -> 1.87 us.
   constexpr bool kOneRow = !kResidual || kL == 64;
   RmsNormLaneKernel<T, kL, kK, kG, kResidual, kWeightIsT, kOneRow>
       <<<static_cast<unsigned>(blocks), Shape::kThreads, 0, stream>>>(a);
@@ -504,7 +520,7 @@ __device__ __forceinline__ void RmsNormWideRow(const RmsArgs<T>& a, int64_t off,
     }
   }
   ss = BlockAllReduce(ss, SumOp{}, 0.0f, red);
-  const float inv = rsqrtf(__fdiv_rn(ss, static_cast<float>(a.cols)) + a.eps);
+  const float inv = rsqrtf(MeanOf(a, ss) + a.eps);
   for (int64_t c0 = threadIdx.x; c0 < chunks; c0 += step) {
     Vec<T, N> s[kU];
     int count[kU];
@@ -612,6 +628,10 @@ cudaError_t LaunchRmsNormT(const RmsNormParams& p, cudaStream_t stream) {
   a.rows = p.rows;
   a.cols = p.cols;
   a.eps = p.eps;
+  a.inv_cols = 0.0f;
+  if ((p.cols & (p.cols - 1)) == 0) {
+    a.inv_cols = 1.0f / static_cast<float>(p.cols);  // exact: a power of two <= 2^62
+  }
   return p.residual != nullptr ? LaunchRows<T, true>(a, stream) : LaunchRows<T, false>(a, stream);
 }
 
