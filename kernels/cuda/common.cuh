@@ -27,23 +27,38 @@ namespace accel::kernels::cuda {
 
 __host__ __device__ constexpr int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Streaming multiprocessors of the current device, read once per device
+// Device properties read on the request path are read once per device
 // (cudaDeviceGetAttribute neither allocates nor synchronises, but a cached
-// int is cheaper still on the request path).
-inline int NumSms() {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices] = {};
+// int is cheaper still): compute(device) for the current device, kept in
+// `cache` (one array per call site; 0 means not yet computed, so compute
+// returns non-zero), or `fallback` when the current device cannot be read.
+constexpr int kMaxCachedDevices = 64;
+template <typename Compute>
+int PerDeviceCached(std::atomic<int> (&cache)[kMaxCachedDevices], int fallback, Compute compute) {
   int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return 132;
-  int sms = cache[device].load(std::memory_order_relaxed);
-  if (sms == 0) {
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxCachedDevices) {
+    return fallback;
+  }
+  int value = cache[device].load(std::memory_order_relaxed);
+  if (value == 0) {
+    value = compute(device);
+    cache[device].store(value, std::memory_order_relaxed);
+  }
+  return value;
+}
+
+// Streaming multiprocessors of the current device.
+inline int NumSms() {
+  constexpr int kH100Sms = 132;  // only sizes grids, never correctness
+  static std::atomic<int> cache[kMaxCachedDevices] = {};
+  return PerDeviceCached(cache, kH100Sms, [](int device) {
+    int sms = 0;
     if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
         sms <= 0) {
-      sms = 132;  // an H100 SXM; only sizes grids, never correctness
+      sms = kH100Sms;
     }
-    cache[device].store(sms, std::memory_order_relaxed);
-  }
-  return sms;
+    return sms;
+  });
 }
 
 inline bool IsAligned(const void* p, uintptr_t bytes) {
@@ -150,6 +165,18 @@ struct FastDiv {
 };
 
 // ------------------------------------------------------------ conversions
+
+// Element i of a float tensor of any float dtype, as fp32 (bias vectors).
+__device__ __forceinline__ float LoadAsFloat(const void* p, ElemType type, int64_t i) {
+  switch (type) {
+    case ElemType::kF16:
+      return __half2float(static_cast<const __half*>(p)[i]);
+    case ElemType::kBF16:
+      return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    default:
+      return static_cast<const float*>(p)[i];
+  }
+}
 
 __device__ __forceinline__ float ToFloat(float x) { return x; }
 __device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
@@ -546,23 +573,16 @@ inline RowConfig PickRowConfig(int64_t cols, int vec, int itemsize, size_t max_s
 // Opt-in shared memory per block of the current device (227 KB on H100,
 // 163 KB on A100), less 1 KB for static shared memory; cached per device.
 inline size_t MaxDynamicSmem() {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices] = {};
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) {
-    return 48 * 1024;
-  }
-  int bytes = cache[device].load(std::memory_order_relaxed);
-  if (bytes == 0) {
+  static std::atomic<int> cache[kMaxCachedDevices] = {};
+  return static_cast<size_t>(PerDeviceCached(cache, 48 * 1024, [](int device) {
+    int bytes = 0;
     if (cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
             cudaSuccess ||
         bytes < 48 * 1024) {
       bytes = 48 * 1024;
     }
-    bytes -= 1024;
-    cache[device].store(bytes, std::memory_order_relaxed);
-  }
-  return static_cast<size_t>(bytes);
+    return bytes - 1024;
+  }));
 }
 
 // Raises a kernel's dynamic shared memory limit to MaxDynamicSmem() once per

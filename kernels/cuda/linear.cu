@@ -121,17 +121,6 @@ __global__ void ExpandScaleKernel(const float* __restrict__ scale, float* __rest
   }
 }
 
-__device__ __forceinline__ float LoadAsFloat(const void* p, ElemType type, int64_t i) {
-  switch (type) {
-    case ElemType::kF16:
-      return __half2float(static_cast<const __half*>(p)[i]);
-    case ElemType::kBF16:
-      return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-    default:
-      return static_cast<const float*>(p)[i];
-  }
-}
-
 struct EpilogueArgs {
   const float* c = nullptr;  // [rows, cols] fp32, row stride ldc; null: zeros (k = 0)
   int64_t ldc = 0;

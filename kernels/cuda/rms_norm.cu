@@ -363,19 +363,15 @@ __global__ void __launch_bounds__(LaneShape<kL, kK, kG>::kThreads,
 // kernel and device; only sizes a persistent grid).
 template <auto kKernel>
 int ResidentBlocks(int threads) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices] = {};
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return 1;
-  int n = cache[device].load(std::memory_order_relaxed);
-  if (n == 0) {
+  static std::atomic<int> cache[kMaxCachedDevices] = {};
+  return PerDeviceCached(cache, 1, [threads](int) {
+    int n = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kKernel, threads, 0) != cudaSuccess ||
         n <= 0) {
       n = 1;
     }
-    cache[device].store(n, std::memory_order_relaxed);
-  }
-  return n;
+    return n;
+  });
 }
 
 // Calls of at most kFewRows rows (decode) launch a block per kRows rows,

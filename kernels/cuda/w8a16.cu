@@ -129,17 +129,6 @@ __device__ __forceinline__ void Mma<__nv_bfloat16>(float (&d)[4], const uint32_t
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ float LoadBias(const void* bias, ElemType type, int64_t i) {
-  switch (type) {
-    case ElemType::kF16:
-      return __half2float(static_cast<const __half*>(bias)[i]);
-    case ElemType::kBF16:
-      return __bfloat162float(static_cast<const __nv_bfloat16*>(bias)[i]);
-    default:
-      return static_cast<const float*>(bias)[i];
-  }
-}
-
 // kTiles: activation rows in tiles of 8 (m <= 8 * kTiles). kUnroll: 64-byte
 // blocks whose weights are loaded together (kChunkK / 64 or a divisor: fewer
 // registers for more tiles; the order of the sum does not change).
@@ -222,7 +211,7 @@ __global__ void __launch_bounds__(kThreads, 2) W8A16SkinnyKernel(SkinnyArgs a) {
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) sum += red[w][j][row][col];
     float v = sum * (a.per_row ? a.scales[nn] : a.scales[0]);
-    if (a.bias != nullptr) v += LoadBias(a.bias, a.bias_type, nn);
+    if (a.bias != nullptr) v += LoadAsFloat(a.bias, a.bias_type, nn);
     y[r * a.n + nn] = FromFloat<T>(v);
   }
 }

@@ -69,7 +69,7 @@ struct Args {
   void* y;
   int64_t m, n, k;
   int per_row;
-  int bias_type;  // ElemType
+  ElemType bias_type;
   int vec_store;  // 16-byte stores allowed (n % 8 == 0 and y 16-byte aligned)
 };
 
@@ -144,14 +144,10 @@ template <typename T>
 struct Mma;
 template <>
 struct Mma<__half> {
-  template <int N>
-  static __device__ __forceinline__ void Run(float (&d)[N / 2], const uint32_t (&a)[4],
+  // d (64 x 256 fp32 per warpgroup) += A (64 x 16, registers) * B (16 x 256, shared).
+  static __device__ __forceinline__ void Run(float (&d)[128], const uint32_t (&a)[4],
                                              uint64_t desc) {
-    if constexpr (N == 128) {
-      WgmmaRS_N128_F16(d, a, desc);
-    } else {
-      WgmmaRS_N256_F16(d, a, desc);
-    }
+    WgmmaRS_N256_F16(d, a, desc);
   }
   // Two int8 (bytes 2p, 2p + 1 of `word`, sel = 0x4140 | p * 0x202) -> f16x2.
   static __device__ __forceinline__ uint32_t Pair(uint32_t word, uint32_t sel_lo, uint32_t) {
@@ -170,14 +166,10 @@ struct Mma<__half> {
 };
 template <>
 struct Mma<__nv_bfloat16> {
-  template <int N>
-  static __device__ __forceinline__ void Run(float (&d)[N / 2], const uint32_t (&a)[4],
+  // d (64 x 256 fp32 per warpgroup) += A (64 x 16, registers) * B (16 x 256, shared).
+  static __device__ __forceinline__ void Run(float (&d)[128], const uint32_t (&a)[4],
                                              uint64_t desc) {
-    if constexpr (N == 128) {
-      WgmmaRS_N128_BF16(d, a, desc);
-    } else {
-      WgmmaRS_N256_BF16(d, a, desc);
-    }
+    WgmmaRS_N256_BF16(d, a, desc);
   }
   // fp32 0x4B0000XX is 2^23 + XX; minus 2^23 + 128 leaves q exactly, whose
   // upper 16 bits are its exact bf16.
@@ -195,17 +187,6 @@ struct Mma<__nv_bfloat16> {
     return *reinterpret_cast<const uint32_t*>(&h);
   }
 };
-
-__device__ __forceinline__ float LoadBias(const void* bias, int type, int64_t i) {
-  switch (static_cast<ElemType>(type)) {
-    case ElemType::kF16:
-      return __half2float(static_cast<const __half*>(bias)[i]);
-    case ElemType::kBF16:
-      return __bfloat162float(static_cast<const __nv_bfloat16*>(bias)[i]);
-    default:
-      return static_cast<const float*>(bias)[i];
-  }
-}
 
 template <int kHalves, int kBM, int kStages, bool kPersistent = false>
 struct Cfg {
@@ -225,6 +206,7 @@ struct Cfg {
       kPersistent ? kPipeBytes + kEpiBytes : (kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes);
   static constexpr int kSmem = 1024 /*align slack*/ + kDataBytes + 2 * kStages * 8;
   static constexpr int kAcc = kBM / 2;  // fp32 accumulators per thread per half
+  static_assert(kBM == 256, "one m64n256k16 per k16 step (the only wgmma shape wrapped)");
   static_assert(kActStage % 1024 == 0 && kWtStage % 512 == 0, "swizzle alignment");
 };
 
@@ -379,7 +361,7 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
       for (int s4 = 0; s4 < 4; ++s4) {
 #pragma unroll
-        for (int h = 0; h < kHalves; ++h) Mma<T>::template Run<kBM>(acc[h], af[s4][h], desc[s4]);
+        for (int h = 0; h < kHalves; ++h) Mma<T>::Run(acc[h], af[s4][h], desc[s4]);
       }
       WgmmaCommit();
       if (kt + 1 < nk) load_raw(it0 + kt + 1);
@@ -414,7 +396,7 @@ __global__ void __launch_bounds__(384, 1)
         const int64_t nn = n0 + r0 + h * 64 + 8 * i;
         const bool in = nn < a.n;
         sc[i] = in ? a.scales[a.per_row ? nn : 0] : 0.0f;
-        bi[i] = (in && a.bias != nullptr) ? LoadBias(a.bias, a.bias_type, nn) : 0.0f;
+        bi[i] = (in && a.bias != nullptr) ? LoadAsFloat(a.bias, a.bias_type, nn) : 0.0f;
       }
       // Lane L addresses row (L % 8) of matrix L / 8: matrices (q, i = 0),
       // (q, i = 1), (q + 1, i = 0), (q + 1, i = 1); with .trans, memory row j of
@@ -532,7 +514,7 @@ cudaError_t LaunchCfg(const LinearParams& p, cudaStream_t stream) {
   a.n = p.n;
   a.k = p.k;
   a.per_row = p.per_row_scales ? 1 : 0;
-  a.bias_type = static_cast<int>(p.bias_dtype);
+  a.bias_type = p.bias_dtype;
   a.vec_store = (p.n % 8 == 0 && IsAligned(p.output, 16)) ? 1 : 0;
   int64_t blocks = CeilDiv(p.m, kBM) * CeilDiv(p.n, C::kBN);
   if (kPersistent) blocks = std::min<int64_t>(blocks, NumSms());
@@ -560,21 +542,16 @@ cudaError_t LaunchTyped(const LinearParams& p, cudaStream_t stream, W8A16GemmVar
 
 // Compute capability 9.0 (Hopper), read once per device.
 inline bool IsSm90() {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices] = {};  // 0 unknown, 1 yes, 2 no
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return false;
-  int v = cache[device].load(std::memory_order_relaxed);
-  if (v == 0) {
-    int major = 0, minor = 0;
-    const bool ok =
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess &&
-        major == 9 && minor == 0;
-    v = ok ? 1 : 2;
-    cache[device].store(v, std::memory_order_relaxed);
-  }
-  return v == 1;
+  static std::atomic<int> cache[kMaxCachedDevices] = {};  // 1 yes, 2 no
+  return PerDeviceCached(cache, 2, [](int device) {
+           int major = 0, minor = 0;
+           const bool sm90 = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
+                                                    device) == cudaSuccess &&
+                             cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor,
+                                                    device) == cudaSuccess &&
+                             major == 9 && minor == 0;
+           return sm90 ? 1 : 2;
+         }) == 1;
 }
 
 }  // namespace w8a16_gemm
