@@ -50,8 +50,8 @@ bool LinearPathStaged(const LinearParams& p, LinearPath path);
 
 // ------------------------------------------------------------- w8a16.cu
 // The small-M W8A16 kernel: fp16/bf16 input and output, int8 weight, m <=
-// kW8A16SkinnyMaxRows, k a multiple of 16, input and weight 16-byte
-// aligned. Needs no workspace.
+// kW8A16SkinnyMaxRows, k a multiple of 16 and at most 2^26, input and
+// weight 16-byte aligned. Needs no workspace.
 bool W8A16SkinnySupports(const LinearParams& p);
 cudaError_t LaunchW8A16Skinny(const LinearParams& p, cudaStream_t stream);
 

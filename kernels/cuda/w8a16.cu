@@ -2,20 +2,43 @@
 // scale + bias with int8 q, fp16/bf16 x and y, fp32 accumulation.
 //
 // At m <= 32 the weights are nearly all the traffic (n * k bytes against
-// m * k * 2 of activations), so the kernel is built to stream each weight
+// m * k * 2 of activations), so the kernels are built to stream each weight
 // byte from DRAM exactly once at full bandwidth, and to do the math on the
 // tensor cores: fp32 FMAs would need m * n * k of them (16 * 4096 * 11008
 // is 24 us of an H100's CUDA cores, more than the 15 us the 45 MB of weights
 // take to read), while mma.sync needs a few percent of the issue slots.
 //
-// Work split. A block (8 warps) owns 16 weight rows and the whole K; its
-// warps take 256-byte chunks of K in turn (chunk c goes to warp c % 8), so
-// there is no cross-block reduction and no atomics. Per chunk each thread
-// issues its 8 weight loads (16 bytes each, L1 bypassed, L2 prefetch of 256
-// bytes) before it uses any, so a warp has 4 KB in flight and an SM with two
-// resident blocks 64 KB: far more than the ~20 KB per SM that the H100's
-// bandwidth-latency product asks for. n / 16 blocks: 256 for n = 4096, 688
-// for n = 11008, i.e. about two per SM or more.
+// Work split. A block (8 warps) owns 16 weight rows (a tile) and the whole
+// K; its warps take 256-byte chunks of K in turn (chunk c goes to warp
+// c % 8), so there is no cross-block reduction and no atomics. Per chunk
+// each thread issues its 8 weight loads (16 bytes each, L1 bypassed, L2
+// prefetch of 256 bytes) before it uses any, so a warp has 4 KB in flight
+// and an SM with two resident blocks 64 KB: far more than the ~20 KB per SM
+// that the H100's bandwidth-latency product asks for.
+//
+// Two kernels share that split, and with it the order of every sum:
+//  - m <= 8, W8A16DecodeKernel: a persistent grid of two blocks per SM that
+//    walk the tiles blockIdx.x, + gridDim.x, ...; the epilogue's scale and
+//    bias are fetched a tile ahead (at the start for the first) instead of
+//    after the K loop, weight rows past n are clamped to row n - 1 instead
+//    of predicated, and K offsets are 32-bit. For n = 11008 (688 tiles) the
+//    persistent grid removes the two wave boundaries of a block per tile
+//    (each a gap with no loads in flight); for n = 4096 (256 tiles, one
+//    wave either way) the gain is the leaner loop and the early scale.
+//    H100, graph of back-to-back launches over > 4x L2 of weights, m = 1,
+//    fp16 / bf16, against the tile-per-block kernel below in the same run:
+//    n = 4096: 8.28 / 8.65 us vs 8.90 / 8.84 (cuBLAS fp16 GEMM 15.5, 1.87x
+//    / 1.79x); n = 11008: 17.95 / 18.66 us vs 20.37 / 20.07 (cuBLAS 33.5 /
+//    36.1). m = 8: 8.93 / 9.23 vs 9.16 / 9.01 at n = 4096, 19.15 / 20.04 vs
+//    20.42 / 20.06 at n = 11008. Tried and slower: two chunks in flight per
+//    warp (a register ring: 9.3 us at n = 4096, as all of K is requested at
+//    once it arrives late and in no order, and the math piles up at the
+//    end), 128-byte loads per row and chunk (8.8), one block per SM (9.6).
+//  - 8 < m <= 32, W8A16SkinnyKernel: a block per tile (n / 16 blocks: 256
+//    for n = 4096, 688 for n = 11008). At m = 16 the persistent kernel was
+//    slower (fp16 10.5 vs 9.7 us at n = 4096, 23.3 vs 20.9 at n = 11008):
+//    with two activation tiles it sits at the 128-register cap of two
+//    blocks per SM.
 //
 // MMA mapping (m16n8k16, A row-major, B column-major): the 16 weight rows
 // are A (the M side), 8 activation rows are B's columns, so m <= 8 needs one
@@ -31,18 +54,29 @@
 // Dequantisation is exact and cheap: int8 -> fp16 by building 1024 + 128 + q
 // in the mantissa (one PRMT) and subtracting 1152 (one HSUB2 per pair);
 // int8 -> bf16 through the fp32 magic number 2^23 (PRMT + FADD) and a PRMT
-// that keeps the upper halves (exact: |q| <= 127 has 7 significant bits).
-// The scale multiplies the fp32 sum after the K loop, then the bias is
-// added and the result rounded once, as the contract requires.
+// that keeps the upper halves (exact: |q| <= 127 has 7 significant bits),
+// or, in the decode kernel, with one bf16x2 add per pair (Dequant4Bf16Add,
+// 8 instructions per 4 bytes instead of 11; 19.36 vs 19.71 us at m = 1,
+// n = 11008, 8.67 vs 8.73 at n = 4096). The scale multiplies the fp32 sum
+// after the K loop, then the bias is added and the result rounded once, as
+// the contract requires.
 //
-// Determinism: the chunk-to-warp assignment and the final sum over the 8
-// warps (in warp order, through shared memory) depend only on k, and a row's
-// MMA results do not depend on the other rows, so an output row has the
-// same bits for every m <= 32 (batched or not).
+// Determinism: the chunk-to-warp assignment, the order of the MMAs inside a
+// chunk and the final sum over the 8 warps (in warp order, through shared
+// memory) depend only on k and are the same in both kernels; a row's MMA
+// results do not depend on the other rows; and the epilogue rounds the
+// product and the sum explicitly (no contraction that could differ between
+// instantiations). So an output row has the same bits for every m <= 32,
+// batched or not, whichever kernel runs it (checked bit for bit on an H100
+// for m in 1, 3, 8, 9, 16, 17, 31 against 32, both dtypes, per-row and
+// per-tensor scales, all bias types, k in 16, 208, 1040, 4096 and n in 8,
+// 100, 4096, 11008).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/common.cuh"
 #include "cuda/linear.h"
@@ -55,6 +89,12 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kRows = 16;     // weight rows per block (the MMA's M)
 constexpr int kBlockK = 64;   // bytes of K one 4-thread group covers per load
 constexpr int kChunkK = 256;  // bytes of K per warp turn (fixed: it sets the sum order)
+// The decode kernel's offsets along K are 32-bit: 32 activation rows of k
+// elements stay under 2^31.
+constexpr int64_t kMaxK = int64_t{1} << 26;
+// The decode kernel's persistent grid.
+constexpr int kDecodeRows = 8;  // m up to which it runs (one activation tile)
+constexpr int kDecodeBlocksPerSm = 2;
 
 struct SkinnyArgs {
   const void* x;
@@ -127,6 +167,133 @@ __device__ __forceinline__ void Mma<__nv_bfloat16>(float (&d)[4], const uint32_t
       "{%8, %9}, {%0, %1, %2, %3};"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four int8 (one word) -> two packed pairs of bf16, exactly, in 8
+// instructions: with w a signed byte, q = lo7 - 128 s where lo7 = w & 0x7f
+// and s is its sign bit; bf16 0x43XX is 128 + XX for XX < 128 and
+// 0xC300 | (s << 7) is -128 or -256, so one bf16x2 add gives q.
+__device__ __forceinline__ void Dequant4Bf16Add(uint32_t word, uint32_t& lo, uint32_t& hi) {
+  const uint32_t mag = word & 0x7f7f7f7fu;
+  const uint32_t sign = word & 0x80808080u;
+  const uint32_t al = __byte_perm(mag, 0x43434343u, 0x4140);
+  const uint32_t ah = __byte_perm(mag, 0x43434343u, 0x4342);
+  const uint32_t bl = __byte_perm(sign, 0xC3C3C3C3u, 0x4140);
+  const uint32_t bh = __byte_perm(sign, 0xC3C3C3C3u, 0x4342);
+  asm("add.rn.bf16x2 %0, %1, %2;" : "=r"(lo) : "r"(al), "r"(bl));
+  asm("add.rn.bf16x2 %0, %1, %2;" : "=r"(hi) : "r"(ah), "r"(bh));
+}
+
+template <typename T>
+__device__ __forceinline__ void DequantDecode(uint32_t word, uint32_t& lo, uint32_t& hi) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    Dequant4Bf16Add(word, lo, hi);
+  } else {
+    Dequant4<T>(word, lo, hi);
+  }
+}
+
+// m <= 8 (one activation tile): a persistent grid; block b walks the tiles
+// b, b + gridDim.x, ... (the header says why). Same chunks, MMAs and warp
+// order as W8A16SkinnyKernel, so the same bits.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kDecodeBlocksPerSm) W8A16DecodeKernel(SkinnyArgs a) {
+  constexpr int kUnroll = kChunkK / kBlockK;  // loads per row and chunk
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;  // MMA group (row / column) and thread in group
+  const int k = static_cast<int>(a.k);   // k <= kMaxK
+  const int m = static_cast<int>(a.m);
+  const int k_mine = k - t * 16;  // this thread's piece at offset o is in K iff o < k_mine
+  // Each thread's 16-byte column inside a 64-byte block is fixed: fold it
+  // into the pointers once.
+  const int8_t* w_base = a.w + static_cast<int64_t>(g) * a.k + t * 16;
+  const T* x = static_cast<const T*>(a.x) + g * k + t * 16;
+  const int64_t tiles = CeilDiv(a.n, kRows);
+  const int my_tiles = static_cast<int>((tiles - blockIdx.x + gridDim.x - 1) / gridDim.x);
+  const int chunks = static_cast<int>(CeilDiv(k, kChunkK));
+  const int my_chunks = chunks > warp ? (chunks - warp + kWarps - 1) / kWarps : 0;
+  auto tile_row = [&](int tl) {
+    return (static_cast<int64_t>(blockIdx.x) + static_cast<int64_t>(tl) * gridDim.x) * kRows;
+  };
+
+  // The epilogue's scale and bias (weight row n0 + threadIdx.x % 16 for
+  // the output this thread finishes), fetched a tile ahead so that their
+  // latency hides behind the K loop instead of trailing it.
+  float next_scale = 0.0f, next_bias = 0.0f;
+  auto fetch_epilogue = [&](int tl) {
+    const int64_t nn = tile_row(tl) + threadIdx.x % kRows;
+    if (tl < my_tiles && nn < a.n) {
+      next_scale = a.per_row ? __ldg(&a.scales[nn]) : __ldg(&a.scales[0]);
+      if (a.bias != nullptr) next_bias = LoadAsFloat(a.bias, a.bias_type, nn);
+    }
+  };
+  fetch_epilogue(0);
+
+  __shared__ float red[kWarps][kRows][8];
+  T* y = static_cast<T*>(a.y);
+  for (int tl = 0; tl < my_tiles; ++tl) {
+    const int64_t n0 = tile_row(tl);
+    // Rows past n read row n - 1 instead: their outputs are never stored.
+    const int8_t* w0 = w_base + min(n0, a.n - 1 - g) * a.k;
+    const int8_t* w1 = w_base + min(n0 + 8, a.n - 1 - g) * a.k;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int c = 0; c < my_chunks; ++c) {
+      const int kc = (warp + kWarps * c) * kChunkK;
+      // All weight loads of the chunk first: they are the DRAM latency.
+      uint4 q0[kUnroll], q1[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int o = kc + u * kBlockK;
+        const bool in = o < k_mine;  // k % 16 == 0: a 16-byte piece is all in or all out
+        q0[u] = in ? LoadStreaming(w0 + o) : make_uint4(0, 0, 0, 0);
+        q1[u] = in ? LoadStreaming(w1 + o) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int o = kc + u * kBlockK;
+        const uint32_t w0w[4] = {q0[u].x, q0[u].y, q0[u].z, q0[u].w};
+        const uint32_t w1w[4] = {q1[u].x, q1[u].y, q1[u].z, q1[u].w};
+        uint32_t af[4][4];  // [MMA step][A register]
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+          DequantDecode<T>(w0w[s], af[s][0], af[s][2]);  // row g: k pairs (2t) and (2t + 8)
+          DequantDecode<T>(w1w[s], af[s][1], af[s][3]);  // row g + 8
+        }
+        // Activation row g is column g of B.
+        uint4 xa = make_uint4(0, 0, 0, 0), xb = xa;
+        if (o < k_mine && g < m) {
+          const uint4* xp = reinterpret_cast<const uint4*>(x + o);
+          xa = __ldg(xp);
+          xb = __ldg(xp + 1);
+        }
+        const uint32_t xw[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+#pragma unroll
+        for (int s = 0; s < 4; ++s) Mma<T>(acc, af[s], xw[2 * s], xw[2 * s + 1]);
+      }
+    }
+
+    // Sum the 8 warps' partial tiles in warp order (deterministic).
+    *reinterpret_cast<float2*>(&red[warp][g][2 * t]) = make_float2(acc[0], acc[1]);
+    *reinterpret_cast<float2*>(&red[warp][g + 8][2 * t]) = make_float2(acc[2], acc[3]);
+    const float scale = next_scale, bias = next_bias;
+    fetch_epilogue(tl + 1);
+    __syncthreads();
+    // Output threadIdx.x < 128: activation row threadIdx.x / 16, weight
+    // row n0 + threadIdx.x % 16.
+    const int col = threadIdx.x / kRows, row = threadIdx.x % kRows;
+    const int64_t nn = n0 + row;
+    if (col < m && nn < a.n) {
+      float sum = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) sum += red[w][row][col];
+      // Explicit roundings, as in W8A16SkinnyKernel (same bits).
+      float v = __fmul_rn(sum, scale);
+      if (a.bias != nullptr) v = __fadd_rn(v, bias);
+      y[static_cast<int64_t>(col) * a.n + nn] = FromFloat<T>(v);
+    }
+    // The next tile writes red again (uniform: tl is the block's).
+    if (tl + 1 < my_tiles) __syncthreads();
+  }
 }
 
 // kTiles: activation rows in tiles of 8 (m <= 8 * kTiles). kUnroll: 64-byte
@@ -210,8 +377,10 @@ __global__ void __launch_bounds__(kThreads, 2) W8A16SkinnyKernel(SkinnyArgs a) {
     float sum = 0.0f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) sum += red[w][j][row][col];
-    float v = sum * (a.per_row ? a.scales[nn] : a.scales[0]);
-    if (a.bias != nullptr) v += LoadAsFloat(a.bias, a.bias_type, nn);
+    // Explicit roundings: whether the compiler would fuse a multiply-add
+    // here could differ between instantiations, i.e. with m.
+    float v = __fmul_rn(sum, a.per_row ? a.scales[nn] : a.scales[0]);
+    if (a.bias != nullptr) v = __fadd_rn(v, LoadAsFloat(a.bias, a.bias_type, nn));
     y[r * a.n + nn] = FromFloat<T>(v);
   }
 }
@@ -220,10 +389,14 @@ template <typename T>
 cudaError_t LaunchTyped(const SkinnyArgs& args, cudaStream_t stream) {
   const int64_t blocks = CeilDiv(args.n, kRows);
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  if (args.m <= kDecodeRows) {
+    const int64_t slots = int64_t{NumSms()} * kDecodeBlocksPerSm;
+    const dim3 grid(static_cast<unsigned>(std::min(blocks, slots)));
+    W8A16DecodeKernel<T><<<grid, kThreads, 0, stream>>>(args);
+    return cudaGetLastError();
+  }
   const dim3 grid(static_cast<unsigned>(blocks));
-  if (args.m <= 8) {
-    W8A16SkinnyKernel<T, 1, 4><<<grid, kThreads, 0, stream>>>(args);
-  } else if (args.m <= 16) {
+  if (args.m <= 16) {
     W8A16SkinnyKernel<T, 2, 4><<<grid, kThreads, 0, stream>>>(args);
   } else if (args.m <= 32) {
     W8A16SkinnyKernel<T, 4, 1><<<grid, kThreads, 0, stream>>>(args);
@@ -240,7 +413,7 @@ bool W8A16SkinnySupports(const LinearParams& p) {
   return p.weight_dtype == ElemType::kI8 &&
          (p.dtype == ElemType::kF16 || p.dtype == ElemType::kBF16) && p.m >= 0 &&
          p.m <= kW8A16SkinnyMaxRows && p.k % 16 == 0 && IsAligned(p.input, 16) &&
-         IsAligned(p.weight, 16) && p.scales != nullptr;
+         IsAligned(p.weight, 16) && p.scales != nullptr && p.k <= kMaxK;
 }
 
 cudaError_t LaunchW8A16Skinny(const LinearParams& p, cudaStream_t stream) {

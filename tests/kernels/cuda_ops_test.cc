@@ -446,7 +446,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Combine(::testing::Values(DType::kFloat32, DType::kFloat16, DType::kBFloat16),
                        ::testing::Values(Shape{0, 5}, Shape{}, Shape{1}, Shape{3}, Shape{17},
                                          Shape{3, 4095}, Shape{8193}, Shape{2, 3, 100003},
-                                         Shape{64, 11008})));
+                                         Shape{64, 11008}, Shape{2, 1000}, Shape{16, 11008})));
 
 // ------------------------------------------------------------------- Rope
 
