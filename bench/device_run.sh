@@ -5,6 +5,7 @@
 #   bench/device_run.sh bench   # kernel benchmarks vs copy, PyTorch eager and compile
 #   bench/device_run.sh load    # bench/run_load.sh on the GPU, then a sweep of
 #                               # --max_inflight_batches at c=256 unary / c=64 stream
+#                               # (SWEEP_FLAGS: more flags for the sweep's servers)
 #   bench/device_run.sh latency # c=1 single rows: where a request's time goes
 #                               # (server means per phase), inline on/off, echo
 # Logs and JSON go to $OUT (the device tool's output folder) or ./device_out.
@@ -55,7 +56,7 @@ case "${1:-tests}" in
     echo "inflight run qps p50_us p99_us rows_per_launch"
     for n in ${INFLIGHT:-1 2 4 8}; do
       serve /tmp/srv "$bin/accel-server" --grpc_address=127.0.0.1:0 \
-        --metrics_address=127.0.0.1:0 --max_inflight_batches=$n
+        --metrics_address=127.0.0.1:0 --max_inflight_batches=$n ${SWEEP_FLAGS:-}
       pid=$served_pid target=$grpc
       for run in "unary 256 4" "stream 64 4"; do
         set -- $run

@@ -34,11 +34,30 @@
 //    warp (a register ring: 9.3 us at n = 4096, as all of K is requested at
 //    once it arrives late and in no order, and the math piles up at the
 //    end), 128-byte loads per row and chunk (8.8), one block per SM (9.6).
-//  - 8 < m <= 32, W8A16SkinnyKernel: a block per tile (n / 16 blocks: 256
-//    for n = 4096, 688 for n = 11008). At m = 16 the persistent kernel was
-//    slower (fp16 10.5 vs 9.7 us at n = 4096, 23.3 vs 20.9 at n = 11008):
-//    with two activation tiles it sits at the 128-register cap of two
-//    blocks per SM.
+//  - 8 < m <= 16, W8A16SkinnyKernel: a block per tile (n / 16 blocks: 256
+//    for n = 4096, 688 for n = 11008), two blocks per SM. At m = 16 the
+//    persistent kernel was slower (fp16 10.5 vs 9.7 us at n = 4096, 23.3 vs
+//    20.9 at n = 11008): with two activation tiles it sits at the
+//    128-register cap of two blocks per SM.
+//  - 16 < m <= 32, W8A16WideKernel<T, 2, 4, ...>: 32 weight rows (two A
+//    tiles) per block, so each activation load feeds 8 MMAs instead of 4,
+//    one block per SM (up to 255 registers: 4 loads per row and chunk with
+//    four activation tiles); fp16 persistent, bf16 a block per tile with 2
+//    loads per row and chunk. H100, m = 32, three runs against the
+//    W8A16SkinnyKernel<T, 4, 1> it replaces, fp16: 11.36-12.04 vs
+//    12.14-12.28 us at n = 4096, 27.74-29.01 vs 29.46-29.59 at n = 11008;
+//    bf16: 12.08-12.32 vs 12.55-13.01, 26.83-28.50 vs 30.00-30.42 (cuBLAS
+//    fp16/bf16 GEMM 14.1-14.8 and 36.2-37.7). cuda_linear_bench (run 3,
+//    fp16 persistent for both dtypes): M = 32 11.98 / 12.28 us (1.18x /
+//    1.15x) at n = 4096, 28.74 / 29.06 (1.28x / 1.26x) at n = 11008.
+//    At m = 16 (harness on branch wip/w8a16-m16) no variant beat
+//    W8A16SkinnyKernel at both shapes: 32-row tiles (10.3 vs 9.7 us at
+//    n = 4096, 22.2-23.3 vs 21.0 at n = 11008: half the blocks, 8 warps per
+//    SM instead of 16), one block per SM with 16 rows (10.2-11.0, 22.9-24.9),
+//    activations loaded with the weights or one 64-byte block ahead (at two
+//    blocks per SM within 1-2%: 9.55-9.67 vs 9.65-9.79, 20.8-21.3 vs 21.0),
+//    three blocks per SM (10.5, 22.3-22.5). So the activation re-reads
+//    (16 x k x 2 bytes per 16-row tile) are not what holds m = 16 back.
 //
 // MMA mapping (m16n8k16, A row-major, B column-major): the 16 weight rows
 // are A (the M side), 8 activation rows are B's columns, so m <= 8 needs one
@@ -385,6 +404,154 @@ __global__ void __launch_bounds__(kThreads, 2) W8A16SkinnyKernel(SkinnyArgs a) {
   }
 }
 
+// 16 < m <= 32: kRowTiles 16-row weight tiles per block tile (the MMA's A),
+// so that each activation load feeds kRowTiles tiles of MMAs; kTiles
+// activation tiles of 8 rows; kUnroll 64-byte blocks whose weights are
+// loaded together. A persistent grid when the launcher asks for one (block
+// b walks the tiles b, b + gridDim.x, ...). Same chunks, warp order and MMA
+// order per accumulator as the kernels above, so the same bits.
+template <typename T, int kRowTiles, int kTiles, int kUnroll, int kBlocksPerSm>
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm) W8A16WideKernel(SkinnyArgs a) {
+  constexpr int kTileRows = kRowTiles * kRows;
+  constexpr int kParts = kChunkK / (kUnroll * kBlockK);
+  static_assert(kParts * kUnroll * kBlockK == kChunkK, "a chunk is whole groups of loads");
+  // Partial-sum buffers: two save a sync per tile; one keeps the shared
+  // memory (and with it the L1 carve-out) small at two blocks per SM.
+  constexpr int kBufs = kTiles <= 2 && kBlocksPerSm == 1 ? 2 : 1;
+  constexpr int kStride = kTileRows + 4;          // floats per column: conflict-free stores
+  constexpr int kCols = kTiles * 8;               // activation rows of the block
+  constexpr int kColStep = kThreads / kTileRows;  // epilogue: columns per pass
+  constexpr int kPasses = (kCols + kColStep - 1) / kColStep;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int k = static_cast<int>(a.k);
+  const int m = static_cast<int>(a.m);
+  const int k_mine = k - t * 16;
+  const int8_t* w_base = a.w + t * 16;
+  const T* x = static_cast<const T*>(a.x) + g * k + t * 16;
+  const int64_t tiles = CeilDiv(a.n, kTileRows);
+  const int my_tiles = static_cast<int>((tiles - blockIdx.x + gridDim.x - 1) / gridDim.x);
+  const int chunks = static_cast<int>(CeilDiv(k, kChunkK));
+  const int my_chunks = chunks > warp ? (chunks - warp + kWarps - 1) / kWarps : 0;
+  auto tile_row = [&](int tl) {
+    return (static_cast<int64_t>(blockIdx.x) + static_cast<int64_t>(tl) * gridDim.x) * kTileRows;
+  };
+  const int erow = threadIdx.x % kTileRows, ecol0 = threadIdx.x / kTileRows;
+  float next_scale = 0.0f, next_bias = 0.0f;
+  auto fetch_epilogue = [&](int tl) {
+    const int64_t nn = tile_row(tl) + erow;
+    if (tl < my_tiles && nn < a.n) {
+      next_scale = a.per_row ? __ldg(&a.scales[nn]) : __ldg(&a.scales[0]);
+      if (a.bias != nullptr) next_bias = LoadAsFloat(a.bias, a.bias_type, nn);
+    }
+  };
+  fetch_epilogue(0);
+  bool xrow[kTiles];
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) xrow[j] = j * 8 + g < m;
+
+  __shared__ float red[kBufs][kWarps][kCols][kStride];
+  T* y = static_cast<T*>(a.y);
+  for (int tl = 0; tl < my_tiles; ++tl) {
+    const int64_t n0 = tile_row(tl);
+    const int8_t* wp[kRowTiles][2];
+#pragma unroll
+    for (int rt = 0; rt < kRowTiles; ++rt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) wp[rt][h] = w_base + min(n0 + rt * 16 + h * 8 + g, a.n - 1) * a.k;
+    }
+    float acc[kRowTiles][kTiles][4];
+#pragma unroll
+    for (int rt = 0; rt < kRowTiles; ++rt)
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j)
+        acc[rt][j][0] = acc[rt][j][1] = acc[rt][j][2] = acc[rt][j][3] = 0.0f;
+    for (int c = 0; c < my_chunks; ++c) {
+#pragma unroll 1
+      for (int part = 0; part < kParts; ++part) {
+        const int kp = (warp + kWarps * c) * kChunkK + part * (kUnroll * kBlockK);
+        uint4 q[kRowTiles][2][kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int o = kp + u * kBlockK;
+          const bool in = o < k_mine;
+#pragma unroll
+          for (int rt = 0; rt < kRowTiles; ++rt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+              q[rt][h][u] = in ? LoadStreaming(wp[rt][h] + o) : make_uint4(0, 0, 0, 0);
+        }
+        uint4 xe[kTiles][2];  // block u's activations, loaded just before its MMAs
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          uint32_t af[kRowTiles][4][4];
+#pragma unroll
+          for (int rt = 0; rt < kRowTiles; ++rt) {
+            const uint32_t w0w[4] = {q[rt][0][u].x, q[rt][0][u].y, q[rt][0][u].z, q[rt][0][u].w};
+            const uint32_t w1w[4] = {q[rt][1][u].x, q[rt][1][u].y, q[rt][1][u].z, q[rt][1][u].w};
+#pragma unroll
+            for (int s = 0; s < 4; ++s) {
+              DequantDecode<T>(w0w[s], af[rt][s][0], af[rt][s][2]);
+              DequantDecode<T>(w1w[s], af[rt][s][1], af[rt][s][3]);
+            }
+          }
+          {
+            const int o = kp + u * kBlockK;
+#pragma unroll
+            for (int j = 0; j < kTiles; ++j) {
+              xe[j][0] = xe[j][1] = make_uint4(0, 0, 0, 0);
+              if (o < k_mine && xrow[j]) {
+                const uint4* xp = reinterpret_cast<const uint4*>(x + j * 8 * k + o);
+                xe[j][0] = __ldg(xp);
+                xe[j][1] = __ldg(xp + 1);
+              }
+            }
+          }
+#pragma unroll
+          for (int j = 0; j < kTiles; ++j) {
+            const uint4 xa = xe[j][0], xb = xe[j][1];
+            const uint32_t xw[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+#pragma unroll
+            for (int rt = 0; rt < kRowTiles; ++rt)
+#pragma unroll
+              for (int s = 0; s < 4; ++s) Mma<T>(acc[rt][j], af[rt][s], xw[2 * s], xw[2 * s + 1]);
+          }
+        }
+      }
+    }
+
+    const int buf = kBufs == 1 ? 0 : tl % kBufs;
+#pragma unroll
+    for (int rt = 0; rt < kRowTiles; ++rt) {
+#pragma unroll
+      for (int j = 0; j < kTiles; ++j) {
+        float* r = &red[buf][warp][j * 8 + 2 * t][rt * 16 + g];
+        r[0] = acc[rt][j][0];
+        r[kStride] = acc[rt][j][1];
+        r[8] = acc[rt][j][2];
+        r[kStride + 8] = acc[rt][j][3];
+      }
+    }
+    const float scale = next_scale, bias = next_bias;
+    fetch_epilogue(tl + 1);
+    __syncthreads();
+    const int64_t nn = n0 + erow;
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const int col = ecol0 + i * kColStep;
+      if (col < kCols && col < m && nn < a.n) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) sum += red[buf][w][col][erow];
+        float v = __fmul_rn(sum, scale);
+        if (a.bias != nullptr) v = __fadd_rn(v, bias);
+        y[static_cast<int64_t>(col) * a.n + nn] = FromFloat<T>(v);
+      }
+    }
+    if (kBufs == 1 && tl + 1 < my_tiles) __syncthreads();
+  }
+}
+
 template <typename T>
 cudaError_t LaunchTyped(const SkinnyArgs& args, cudaStream_t stream) {
   const int64_t blocks = CeilDiv(args.n, kRows);
@@ -395,11 +562,20 @@ cudaError_t LaunchTyped(const SkinnyArgs& args, cudaStream_t stream) {
     W8A16DecodeKernel<T><<<grid, kThreads, 0, stream>>>(args);
     return cudaGetLastError();
   }
-  const dim3 grid(static_cast<unsigned>(blocks));
   if (args.m <= 16) {
-    W8A16SkinnyKernel<T, 2, 4><<<grid, kThreads, 0, stream>>>(args);
+    W8A16SkinnyKernel<T, 2, 4><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(args);
   } else if (args.m <= 32) {
-    W8A16SkinnyKernel<T, 4, 1><<<grid, kThreads, 0, stream>>>(args);
+    // 32 weight rows per block, one block per SM: fp16 persistent with 4
+    // loads per row and chunk, bf16 a block per tile with 2 (faster for
+    // each on the H100; the header has the numbers).
+    const int64_t tiles = CeilDiv(args.n, 2 * kRows);
+    if (tiles > 0x7fffffff) return cudaErrorInvalidConfiguration;
+    if constexpr (std::is_same_v<T, __half>) {
+      const dim3 grid(static_cast<unsigned>(std::min(tiles, int64_t{NumSms()})));
+      W8A16WideKernel<T, 2, 4, 4, 1><<<grid, kThreads, 0, stream>>>(args);
+    } else {
+      W8A16WideKernel<T, 2, 4, 2, 1><<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(args);
+    }
   } else {
     return cudaErrorInvalidValue;
   }
