@@ -5,7 +5,8 @@
 #   bench/device_run.sh bench   # kernel benchmarks vs copy, PyTorch eager and compile
 #   bench/device_run.sh load    # bench/run_load.sh on the GPU, then a sweep of
 #                               # --max_inflight_batches at c=256 unary / c=64 stream
-#                               # (SWEEP_FLAGS: more flags for the sweep's servers)
+#   bench/device_run.sh sweep   # only that sweep (SWEEP_FLAGS: more flags for its
+#                               # servers, INFLIGHT: the values, default 1 2 4 8)
 #   bench/device_run.sh latency # c=1 single rows: where a request's time goes
 #                               # (server means per phase), inline on/off, echo
 # Logs and JSON go to $OUT (the device tool's output folder) or ./device_out.
@@ -52,6 +53,9 @@ case "${1:-tests}" in
     ACCEL_DEVICE=auto CONCURRENCY="1 64 256" PLOT="$out/load_latency_gpu.png" PYTHON=python3 \
       bench/run_load.sh /tmp/b "$out/load" 3 "${2:-1}" > "$out/load.txt" 2>&1
     grep -E '^\|' "$out/load.txt" | head -12
+    "$0" sweep
+    ;;
+  sweep)
     # How many launches of one key in flight pay off (one server per value).
     echo "inflight run qps p50_us p99_us rows_per_launch"
     for n in ${INFLIGHT:-1 2 4 8}; do
@@ -67,7 +71,7 @@ case "${1:-tests}" in
         python3 -c "import json;d=json.load(open('/tmp/sweep.json'));print('$n', '$1-c$2', round(d['qps']), round(d['p50_us']), round(d['p99_us']), d.get('rows_per_launch'))"
       done
       kill -TERM $pid; wait $pid
-    done | tee "$out/inflight_sweep.txt"
+    done | tee "$out/inflight_sweep${SWEEP_FLAGS:+_$(tr -c 'a-z0-9' _ <<<"$SWEEP_FLAGS")}.txt"
     ;;
   latency)
     # A server per path, and the echo floor; load_gen flags for each.
