@@ -158,6 +158,35 @@ int main(int argc, char** argv) {
         Check(cudaStreamSynchronize(stream), "sync");
       }));
 
+  // Where zero-copy stops paying (serving_device.h's kZeroCopyBytes): a
+  // batch of R rows read and written over PCIe in place, against the same
+  // batch copied in and out around the kernel.
+  constexpr int64_t kMaxRows = 128;
+  void *d_in_big, *d_out_big, *h_in_big, *h_out_big;
+  Check(cudaMalloc(&d_in_big, kMaxRows * row_bytes), "cudaMalloc");
+  Check(cudaMalloc(&d_out_big, kMaxRows * row_bytes), "cudaMalloc");
+  Check(cudaHostAlloc(&h_in_big, kMaxRows * row_bytes, cudaHostAllocMapped), "cudaHostAlloc");
+  Check(cudaHostAlloc(&h_out_big, kMaxRows * row_bytes, cudaHostAllocMapped), "cudaHostAlloc");
+  std::memset(h_in_big, 0x3c, kMaxRows * row_bytes);
+  std::printf("\n%-6s %10s %22s %22s\n", "rows", "KiB in", "mapped: launch+sync", "h2d+kernel+d2h+sync");
+  for (int64_t rows : {1, 4, 8, 16, 32, 64, 128}) {
+    p.rows = rows;
+    const size_t bytes = rows * row_bytes;
+    const double mapped = HostUs(iters / 4, [&] {
+      rms_norm(h_in_big, h_out_big);
+      Check(cudaStreamSynchronize(stream), "sync");
+    });
+    const double copied = HostUs(iters / 4, [&] {
+      Check(cudaMemcpyAsync(d_in_big, h_in_big, bytes, cudaMemcpyHostToDevice, stream), "h2d");
+      rms_norm(d_in_big, d_out_big);
+      Check(cudaMemcpyAsync(h_out_big, d_out_big, bytes, cudaMemcpyDeviceToHost, stream), "d2h");
+      Check(cudaStreamSynchronize(stream), "sync");
+    });
+    std::printf("%-6lld %10zu %22.2f %22.2f\n", static_cast<long long>(rows), bytes / 1024, mapped,
+                copied);
+  }
+  p.rows = 1;
+
   // A graph of back-to-back launches: the kernel's own time, for scale.
   cudaGraph_t graph;
   cudaGraphExec_t exec;

@@ -54,8 +54,16 @@ namespace accel::server {
 class CallScope;
 
 // Tensors up to this many bytes are read and written by kernels in pinned
-// host memory instead of being copied (see CallScope).
-inline constexpr size_t kZeroCopyBytes = 64 * 1024;
+// host memory instead of being copied (see CallScope). bench/cuda_call_costs
+// on the H100 machine, RmsNorm of R rows of 4096 bf16, host microseconds
+// from launch to synchronised, mapped vs copied in and out (two runs):
+// 8 KiB 12.5-12.7 vs 17.1-17.3, 64 KiB 13.9-14.5 vs 17.3-17.6, 128 KiB
+// 15.8-16.7 vs 25.6-25.7, 256 KiB 20.0-21.0 vs 36.8-36.9, 512 KiB 28.3-30.1
+// vs 37.6-43.1, 1 MiB 46.5-47.7 vs 55.3-60.6. The limit stops at half the
+// largest size measured faster, since ops with two inputs read both over
+// PCIe and under load the PCIe link is shared. (It was 64 KiB, so batches of
+// more than 8 such rows went through the copy engines.)
+inline constexpr size_t kZeroCopyBytes = 512 * 1024;
 
 class ServerMetrics;  // server/metrics.h
 enum class Op : int;  // server/metrics.h

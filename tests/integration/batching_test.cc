@@ -333,10 +333,10 @@ TEST_F(BatchingTest, EveryLaunchRecordsTheComputePhasesOfItsBackend) {
 }
 
 TEST_F(BatchingTest, ALargeRequestRecordsItsCopiesOnAGpu) {
-  // 256 x 320 fp32: 320 KiB each way, past the zero-copy limit.
+  // 512 x 320 fp32: 640 KiB each way, past the zero-copy limit (512 KiB).
   v1::RmsNormRequest request;
   *request.mutable_input() =
-      InlineRef(MakeFloatTensor(DType::kFloat32, {256, 320}, RandomFloats(256 * 320, 3, 2.0f)));
+      InlineRef(MakeFloatTensor(DType::kFloat32, {512, 320}, RandomFloats(512 * 320, 3, 2.0f)));
   request.mutable_weight()->set_name("norm.weight");
   auto batched_response = batched().RmsNorm(request);
   ASSERT_TRUE(batched_response.ok()) << batched_response.status();
