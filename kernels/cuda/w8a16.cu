@@ -74,8 +74,8 @@
 // in the mantissa (one PRMT) and subtracting 1152 (one HSUB2 per pair);
 // int8 -> bf16 through the fp32 magic number 2^23 (PRMT + FADD) and a PRMT
 // that keeps the upper halves (exact: |q| <= 127 has 7 significant bits),
-// or, in the decode kernel, with one bf16x2 add per pair (Dequant4Bf16Add,
-// 8 instructions per 4 bytes instead of 11; 19.36 vs 19.71 us at m = 1,
+// or, in the decode kernels on sm_90, with one bf16x2 add per pair
+// (Dequant4Bf16Add, 8 instructions per 4 bytes instead of 11; 19.36 vs 19.71 us at m = 1,
 // n = 11008, 8.67 vs 8.73 at n = 4096). The scale multiplies the fp32 sum
 // after the K loop, then the bias is added and the result rounded once, as
 // the contract requires.
@@ -192,6 +192,7 @@ __device__ __forceinline__ void Mma<__nv_bfloat16>(float (&d)[4], const uint32_t
 // instructions: with w a signed byte, q = lo7 - 128 s where lo7 = w & 0x7f
 // and s is its sign bit; bf16 0x43XX is 128 + XX for XX < 128 and
 // 0xC300 | (s << 7) is -128 or -256, so one bf16x2 add gives q.
+#if __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void Dequant4Bf16Add(uint32_t word, uint32_t& lo, uint32_t& hi) {
   const uint32_t mag = word & 0x7f7f7f7fu;
   const uint32_t sign = word & 0x80808080u;
@@ -202,14 +203,19 @@ __device__ __forceinline__ void Dequant4Bf16Add(uint32_t word, uint32_t& lo, uin
   asm("add.rn.bf16x2 %0, %1, %2;" : "=r"(lo) : "r"(al), "r"(bl));
   asm("add.rn.bf16x2 %0, %1, %2;" : "=r"(hi) : "r"(ah), "r"(bh));
 }
+#endif
 
+// bf16x2 adds exist from sm_90 on; before, the generic (equally exact)
+// dequantisation, so the same bits on every arch.
 template <typename T>
 __device__ __forceinline__ void DequantDecode(uint32_t word, uint32_t& lo, uint32_t& hi) {
+#if __CUDA_ARCH__ >= 900
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     Dequant4Bf16Add(word, lo, hi);
-  } else {
-    Dequant4<T>(word, lo, hi);
+    return;
   }
+#endif
+  Dequant4<T>(word, lo, hi);
 }
 
 // m <= 8 (one activation tile): a persistent grid; block b walks the tiles
