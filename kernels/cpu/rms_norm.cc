@@ -286,10 +286,13 @@ void RmsNorm(const RmsNormArgs& args, const TensorView& output, const TensorView
                   rows * n);
   }
 
-  std::vector<float> weight_f32;
+  // 16-bit weights in fp32, in a per-thread buffer that only grows (the
+  // pool's threads read it while this one waits in ParallelFor): a vector
+  // per call was a 16 KB malloc and free for every one-row request of 4096.
   const float* weight = args.weight.as<float>();
   if (args.weight.dtype != DType::kFloat32) {
-    weight_f32.resize(n);
+    thread_local std::vector<float> weight_f32;
+    if (static_cast<int64_t>(weight_f32.size()) < n) weight_f32.resize(n);
     ConvertFloats(args.weight.dtype, args.weight.data, DType::kFloat32, weight_f32.data(), n);
     weight = weight_f32.data();
   }
