@@ -218,6 +218,25 @@ __device__ __forceinline__ void DequantDecode(uint32_t word, uint32_t& lo, uint3
   Dequant4<T>(word, lo, hi);
 }
 
+// The tiles of kTileRows weight rows that block b of a persistent grid
+// walks (b, b + gridDim.x, ...) and the K chunks that warp w takes in each
+// (w, w + kWarps, ...): the split of both decode-sized kernels below.
+template <int kTileRows>
+struct TileWalk {
+  int my_tiles;   // tiles of this block
+  int my_chunks;  // K chunks of this warp in each tile
+  __device__ __forceinline__ TileWalk(const SkinnyArgs& a, int k, int warp) {
+    const int64_t tiles = CeilDiv(a.n, kTileRows);
+    my_tiles = static_cast<int>((tiles - blockIdx.x + gridDim.x - 1) / gridDim.x);
+    const int chunks = static_cast<int>(CeilDiv(k, kChunkK));
+    my_chunks = chunks > warp ? (chunks - warp + kWarps - 1) / kWarps : 0;
+  }
+  // The first weight row of this block's tl-th tile.
+  __device__ __forceinline__ int64_t TileRow(int tl) const {
+    return (static_cast<int64_t>(blockIdx.x) + static_cast<int64_t>(tl) * gridDim.x) * kTileRows;
+  }
+};
+
 // m <= 8 (one activation tile): a persistent grid; block b walks the tiles
 // b, b + gridDim.x, ... (the header says why). Same chunks, MMAs and warp
 // order as W8A16SkinnyKernel, so the same bits.
@@ -233,13 +252,9 @@ __global__ void __launch_bounds__(kThreads, kDecodeBlocksPerSm) W8A16DecodeKerne
   // into the pointers once.
   const int8_t* w_base = a.w + static_cast<int64_t>(g) * a.k + t * 16;
   const T* x = static_cast<const T*>(a.x) + g * k + t * 16;
-  const int64_t tiles = CeilDiv(a.n, kRows);
-  const int my_tiles = static_cast<int>((tiles - blockIdx.x + gridDim.x - 1) / gridDim.x);
-  const int chunks = static_cast<int>(CeilDiv(k, kChunkK));
-  const int my_chunks = chunks > warp ? (chunks - warp + kWarps - 1) / kWarps : 0;
-  auto tile_row = [&](int tl) {
-    return (static_cast<int64_t>(blockIdx.x) + static_cast<int64_t>(tl) * gridDim.x) * kRows;
-  };
+  const TileWalk<kRows> walk(a, k, warp);
+  const int my_tiles = walk.my_tiles, my_chunks = walk.my_chunks;
+  auto tile_row = [&](int tl) { return walk.TileRow(tl); };
 
   // The epilogue's scale and bias (weight row n0 + threadIdx.x % 16 for
   // the output this thread finishes), fetched a tile ahead so that their
@@ -435,13 +450,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) W8A16WideKernel(Skinny
   const int k_mine = k - t * 16;
   const int8_t* w_base = a.w + t * 16;
   const T* x = static_cast<const T*>(a.x) + g * k + t * 16;
-  const int64_t tiles = CeilDiv(a.n, kTileRows);
-  const int my_tiles = static_cast<int>((tiles - blockIdx.x + gridDim.x - 1) / gridDim.x);
-  const int chunks = static_cast<int>(CeilDiv(k, kChunkK));
-  const int my_chunks = chunks > warp ? (chunks - warp + kWarps - 1) / kWarps : 0;
-  auto tile_row = [&](int tl) {
-    return (static_cast<int64_t>(blockIdx.x) + static_cast<int64_t>(tl) * gridDim.x) * kTileRows;
-  };
+  const TileWalk<kTileRows> walk(a, k, warp);
+  const int my_tiles = walk.my_tiles, my_chunks = walk.my_chunks;
+  auto tile_row = [&](int tl) { return walk.TileRow(tl); };
   const int erow = threadIdx.x % kTileRows, ecol0 = threadIdx.x / kTileRows;
   float next_scale = 0.0f, next_bias = 0.0f;
   auto fetch_epilogue = [&](int tl) {
