@@ -218,6 +218,25 @@ __device__ __forceinline__ void DequantDecode(uint32_t word, uint32_t& lo, uint3
   Dequant4<T>(word, lo, hi);
 }
 
+// The MMA A fragments of one 64-byte block of a 16-row tile: q0 holds row
+// g's 16 bytes, q1 row g + 8's; af[s] feeds MMA step s (k pairs 2t and
+// 2t + 8 of rows g and g + 8). kFastBf16: the decode kernels' dequantisation.
+template <typename T, bool kFastBf16>
+__device__ __forceinline__ void WeightFragments(uint4 q0, uint4 q1, uint32_t (&af)[4][4]) {
+  const uint32_t w0w[4] = {q0.x, q0.y, q0.z, q0.w};
+  const uint32_t w1w[4] = {q1.x, q1.y, q1.z, q1.w};
+#pragma unroll
+  for (int s = 0; s < 4; ++s) {
+    if constexpr (kFastBf16) {
+      DequantDecode<T>(w0w[s], af[s][0], af[s][2]);
+      DequantDecode<T>(w1w[s], af[s][1], af[s][3]);
+    } else {
+      Dequant4<T>(w0w[s], af[s][0], af[s][2]);
+      Dequant4<T>(w1w[s], af[s][1], af[s][3]);
+    }
+  }
+}
+
 // The tiles of kTileRows weight rows that block b of a persistent grid
 // walks (b, b + gridDim.x, ...) and the K chunks that warp w takes in each
 // (w, w + kWarps, ...): the split of both decode-sized kernels below.
@@ -291,14 +310,8 @@ __global__ void __launch_bounds__(kThreads, kDecodeBlocksPerSm) W8A16DecodeKerne
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int o = kc + u * kBlockK;
-        const uint32_t w0w[4] = {q0[u].x, q0[u].y, q0[u].z, q0[u].w};
-        const uint32_t w1w[4] = {q1[u].x, q1[u].y, q1[u].z, q1[u].w};
         uint32_t af[4][4];  // [MMA step][A register]
-#pragma unroll
-        for (int s = 0; s < 4; ++s) {
-          DequantDecode<T>(w0w[s], af[s][0], af[s][2]);  // row g: k pairs (2t) and (2t + 8)
-          DequantDecode<T>(w1w[s], af[s][1], af[s][3]);  // row g + 8
-        }
+        WeightFragments<T, true>(q0[u], q1[u], af);
         // Activation row g is column g of B.
         uint4 xa = make_uint4(0, 0, 0, 0), xb = xa;
         if (o < k_mine && g < m) {
@@ -375,14 +388,8 @@ __global__ void __launch_bounds__(kThreads, 2) W8A16SkinnyKernel(SkinnyArgs a) {
       for (int u = 0; u < kUnroll; ++u) {
         const int64_t o = kc + u * kBlockK;
         const bool in = o < k_mine;
-        const uint32_t w0w[4] = {q0[u].x, q0[u].y, q0[u].z, q0[u].w};
-        const uint32_t w1w[4] = {q1[u].x, q1[u].y, q1[u].z, q1[u].w};
         uint32_t af[4][4];  // [MMA step][A register]
-#pragma unroll
-        for (int s = 0; s < 4; ++s) {
-          Dequant4<T>(w0w[s], af[s][0], af[s][2]);  // row g: k pairs (2t) and (2t + 8)
-          Dequant4<T>(w1w[s], af[s][1], af[s][3]);  // row g + 8
-        }
+        WeightFragments<T, false>(q0[u], q1[u], af);
 #pragma unroll
         for (int j = 0; j < kTiles; ++j) {
           // Activation row j * 8 + g is column g of tile j's B.
@@ -504,13 +511,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) W8A16WideKernel(Skinny
           uint32_t af[kRowTiles][4][4];
 #pragma unroll
           for (int rt = 0; rt < kRowTiles; ++rt) {
-            const uint32_t w0w[4] = {q[rt][0][u].x, q[rt][0][u].y, q[rt][0][u].z, q[rt][0][u].w};
-            const uint32_t w1w[4] = {q[rt][1][u].x, q[rt][1][u].y, q[rt][1][u].z, q[rt][1][u].w};
-#pragma unroll
-            for (int s = 0; s < 4; ++s) {
-              DequantDecode<T>(w0w[s], af[rt][s][0], af[rt][s][2]);
-              DequantDecode<T>(w1w[s], af[rt][s][1], af[rt][s][3]);
-            }
+            WeightFragments<T, true>(q[rt][0][u], q[rt][1][u], af[rt]);
           }
           {
             const int o = kp + u * kBlockK;
