@@ -45,6 +45,9 @@ struct RopeArgs {
 
 // Heads a thread loads before it stores any (its loads in flight).
 constexpr int kHeadsInFlight = 4;
+// Calls of at most this many tokens skip the kHeadsInFlight minimum (see
+// LaunchRopeKernel).
+constexpr int64_t kFewTokens = 64;
 
 // kVector: E = 16 / sizeof(T) elements per access. Otherwise E = 2
 // (INTERLEAVED: one pair) or 1 (HALF_SPLIT: one pair, split), scalar.
@@ -189,14 +192,17 @@ cudaError_t LaunchRopeKernel(RopeArgs a, cudaStream_t stream) {
   // the same number of heads per thread (40 heads, 16 chunk threads: 14
   // groups of <= 3 heads rather than 16 groups of 2 or 3).
   const int64_t max_groups = kThreads / a.chunk_threads;
-  // At least kHeadsInFlight heads per thread (all of a token's heads when
-  // it has fewer): a thread then fills its loads in flight, and a block
-  // takes several tokens. Measured on 40 heads of 128 (bf16, [1, 8192]):
-  // 0.80 -> 0.92 of copy for HALF_SPLIT (0.91 -> 0.92 interleaved) against
-  // 2 heads per thread; 8 were slower (0.83-0.90).
+  // Calls of many tokens: at least kHeadsInFlight heads per thread (all of
+  // a token's heads when it has fewer): a thread then fills its loads in
+  // flight, and a block takes several tokens. Measured on 40 heads of 128
+  // (bf16, [1, 8192]): 0.80 -> 0.92 of copy for HALF_SPLIT (0.91 -> 0.92
+  // interleaved) against 2 heads per thread; 8 were slower (0.83-0.90).
+  // Calls of few tokens (decode) cannot fill the GPU either way and wait on
+  // each thread's chain of loads, so they keep the most threads: the rule
+  // had cost them 0.15-0.4 us (1 and 16 tokens of 32 + 8 heads).
   int64_t per_group = CeilDiv(heads, max_groups < heads ? max_groups : heads);
   const int64_t min_per_group = heads < kHeadsInFlight ? heads : kHeadsInFlight;
-  if (per_group < min_per_group) per_group = min_per_group;
+  if (a.tokens > kFewTokens && per_group < min_per_group) per_group = min_per_group;
   a.head_groups = static_cast<int>(CeilDiv(heads, per_group));
   const int64_t per_token = int64_t{a.chunk_threads} * a.head_groups;
   a.tokens_per_block = static_cast<int>(kThreads / per_token > 0 ? kThreads / per_token : 1);
