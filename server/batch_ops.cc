@@ -182,7 +182,8 @@ absl::Status LaunchRmsNorm(const OpEnv& env, std::span<RmsNormItem* const> items
   kernels::RmsNormArgs args = first.args;
   ASSIGN_OR_RETURN(args.input,
                    BatchInput(scope, items, shape, [](const RmsNormItem& i) { return i.input; }));
-  ASSIGN_OR_RETURN(args.weight, StageInput(scope, first.weight));
+  // The weight is read once per row (block-per-row kernels).
+  ASSIGN_OR_RETURN(args.weight, StageInput(scope, first.weight, shape[0]));
   if (first.residual.has_value()) {
     ASSIGN_OR_RETURN(args.residual, BatchInput(scope, items, shape,
                                                [](const RmsNormItem& i) { return *i.residual; }));
@@ -383,8 +384,12 @@ absl::Status LaunchRope(const OpEnv& env, std::span<RopeItem* const> items) {
                      BatchInput(scope, items, k_shape, [](const RopeItem& i) { return *i.k; }));
   }
   if (first.cache == nullptr) {  // inline tables: only a lone request
-    ASSIGN_OR_RETURN(args.cos, StageInput(scope, first.cos));
-    ASSIGN_OR_RETURN(args.sin, StageInput(scope, first.sin));
+    // A token's table row is read once per head group, for every sequence
+    // of the batch: at most heads x batch reads of each row.
+    const int64_t heads = q_shape[2] + (first.k.has_value() ? k_shape[2] : 0);
+    const int64_t reads = heads * q_shape[0];
+    ASSIGN_OR_RETURN(args.cos, StageInput(scope, first.cos, reads));
+    ASSIGN_OR_RETURN(args.sin, StageInput(scope, first.sin, reads));
   }
   std::vector<int64_t> positions;
   if (one) {
@@ -456,7 +461,9 @@ absl::Status LaunchQuantize(const OpEnv& env, std::span<QuantizeItem* const> ite
   CallScope scope(*env.device, env.metrics, Op::kQuantize);
   kernels::QuantizeArgs args = first.args;
   if (items.size() == 1) {
-    ASSIGN_OR_RETURN(args.input, StageInput(scope, first.input));
+    // Per tensor, the input is read twice (its absmax, then the values).
+    const int64_t reads = args.granularity == kernels::Granularity::kPerTensor ? 2 : 1;
+    ASSIGN_OR_RETURN(args.input, StageInput(scope, first.input, reads));
     const kernels::QuantizeSpec& spec = first.spec;
     v1::QuantizeResponse* resp = first.resp;
     if (req.output_name().empty()) {

@@ -16,9 +16,10 @@ absl::Status CheckFitsInMessage(const OpEnv& env, int64_t nbytes, absl::string_v
       "in chunks"));
 }
 
-absl::StatusOr<kernels::ConstTensorView> StageInput(CallScope& scope, const ResolvedInput& input) {
+absl::StatusOr<kernels::ConstTensorView> StageInput(CallScope& scope, const ResolvedInput& input,
+                                                    int64_t reads) {
   if (input.resident != nullptr) return input.view;
-  return scope.Stage(input.view);
+  return scope.Stage(input.view, reads);
 }
 
 absl::StatusOr<QuantizedOutput> MakeQuantizedOutput(const OpEnv& env, const std::string& name,

@@ -58,8 +58,10 @@ class OutputSlot {
 };
 
 // The input's view where the kernels run: resident tensors already live on
-// the device; inline ones are staged there (a no-op on the CPU).
-absl::StatusOr<kernels::ConstTensorView> StageInput(CallScope& scope, const ResolvedInput& input);
+// the device; inline ones are staged there (a no-op on the CPU). `reads`:
+// how many times the kernels read it (CallScope::Stage).
+absl::StatusOr<kernels::ConstTensorView> StageInput(CallScope& scope, const ResolvedInput& input,
+                                                    int64_t reads = 1);
 
 // A resident quantized result (values + scales), reserved before the kernel
 // runs and inserted after it succeeded.

@@ -1,5 +1,6 @@
 #include "server/serving_device.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -201,10 +202,11 @@ void ServingDevice::NoteFailure(const absl::Status& status) const {
 namespace {
 
 // The kernels of these ops stream their main tensors (each byte read or
-// written once; tables, weights and scales a few times, and per-tensor
-// Quantize reads its input twice), so for small tensors pinned host memory
-// over PCIe costs less than the copies it saves. A GEMM rereads its
-// activations from every block: never zero-copy.
+// written once; a weight or table is read again for every row or head,
+// and per-tensor Quantize reads its input twice: the callers pass those
+// counts to Stage), so for small tensors pinned host memory over PCIe
+// costs less than the copies it saves. A GEMM rereads its activations from
+// every block: never zero-copy.
 bool StreamsItsTensors(Op op) {
   switch (op) {
     case Op::kRmsNorm:
@@ -341,14 +343,16 @@ void CallScope::RecordPhases() const {
 #endif
 }
 
-absl::StatusOr<kernels::ConstTensorView> CallScope::Stage(const kernels::ConstTensorView& host) {
+absl::StatusOr<kernels::ConstTensorView> CallScope::Stage(const kernels::ConstTensorView& host,
+                                                          int64_t reads) {
   if (!device_.is_cuda() || host.nbytes() == 0) return host;
 #if ACCEL_WITH_CUDA
   const size_t n = host.nbytes();
   auto pinned = Pinned(n);
   if (!pinned.ok()) return pinned.status();
   std::memcpy(*pinned, host.data, n);
-  if (zero_copy_ && n <= kZeroCopyBytes) {
+  // n <= the message limit (< 2^31) and reads < 2^32: no overflow.
+  if (zero_copy_ && n * static_cast<size_t>(std::max<int64_t>(reads, 1)) <= kZeroCopyBytes) {
     return kernels::ConstTensorView{host.dtype, host.shape, *pinned};
   }
   auto device = Allocate(n);

@@ -59,10 +59,12 @@ class CallScope;
 // from launch to synchronised, mapped vs copied in and out (two runs):
 // 8 KiB 12.5-12.7 vs 17.1-17.3, 64 KiB 13.9-14.5 vs 17.3-17.6, 128 KiB
 // 15.8-16.7 vs 25.6-25.7, 256 KiB 20.0-21.0 vs 36.8-36.9, 512 KiB 28.3-30.1
-// vs 37.6-43.1, 1 MiB 46.5-47.7 vs 55.3-60.6. The limit stops at half the
-// largest size measured faster, since ops with two inputs read both over
-// PCIe and under load the PCIe link is shared. (It was 64 KiB, so batches of
-// more than 8 such rows went through the copy engines.)
+// vs 37.6-43.1, 1 MiB 46.5-47.7 vs 55.3-60.6. The limit counts the bytes a
+// tensor puts over PCIe (a weight read once per row counts once per row:
+// CallScope::Stage's `reads`) and stops at half the largest size measured
+// faster, since ops with several inputs read them all over PCIe and under
+// load the link is shared. (It was 64 KiB, so batches of more than 8 such
+// rows went through the copy engines.)
 inline constexpr size_t kZeroCopyBytes = 512 * 1024;
 
 class ServerMetrics;  // server/metrics.h
@@ -131,8 +133,12 @@ class CallScope final : public kernels::ScratchAllocator {
   absl::StatusOr<void*> Allocate(size_t bytes) override;
 
   // A view of `host` on the device: the same view on the CPU; on CUDA a
-  // copy through pinned staging, enqueued on the call's stream.
-  absl::StatusOr<kernels::ConstTensorView> Stage(const kernels::ConstTensorView& host);
+  // copy through pinned staging, enqueued on the call's stream. `reads`:
+  // how many times the kernels read the tensor (a weight or table is read
+  // again for every row): it is left in pinned memory only when all those
+  // reads together stay within kZeroCopyBytes of PCIe traffic.
+  absl::StatusOr<kernels::ConstTensorView> Stage(const kernels::ConstTensorView& host,
+                                                 int64_t reads = 1);
 
   // One view of shape `shape` over `parts` (host tensors of `dtype`, their
   // bytes in order) concatenated: the batcher's one staging copy per batch.

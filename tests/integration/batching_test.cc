@@ -359,6 +359,36 @@ TEST_F(BatchingTest, ALargeRequestRecordsItsCopiesOnAGpu) {
   }
 }
 
+// A weight read once per row counts once per row against the zero-copy
+// limit: 60 rows of 4096 bf16 (480 KiB) stay in pinned memory, but their
+// inline fp32 weight (16 KiB, read 60 times: 960 KiB over PCIe) is copied.
+TEST_F(BatchingTest, AnInlineWeightReadByEveryRowIsCopiedOnAGpu) {
+  v1::RmsNormRequest request;
+  *request.mutable_input() =
+      InlineRef(MakeFloatTensor(DType::kBFloat16, {60, 4096}, RandomFloats(60 * 4096, 11, 2.0f)));
+  *request.mutable_weight() =
+      InlineRef(MakeFloatTensor(DType::kFloat32, {4096}, RandomFloats(4096, 12, 2.0f)));
+  auto batched_response = batched().RmsNorm(request);
+  ASSERT_TRUE(batched_response.ok()) << batched_response.status();
+  auto reference = unbatched().RmsNorm(request);
+  ASSERT_TRUE(reference.ok()) << reference.status();
+  EXPECT_TRUE(batched_response->SerializeAsString() == reference->SerializeAsString());
+  auto info = batched().ServerInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  const std::string metrics = ScrapeMetrics(servers_[0]->metrics_port());
+  auto phase = [&](const std::string& name) {
+    return Sample(metrics,
+                  "accel_compute_duration_seconds_count{op=\"rms_norm\",phase=\"" + name + "\"}");
+  };
+  EXPECT_EQ(phase("kernel"), 1);
+  if (info->backend() == "cuda") {
+    EXPECT_EQ(phase("h2d"), 1) << "the weight is copied";
+    EXPECT_EQ(phase("d2h").value_or(0), 0) << "the 480 KiB output stays zero-copy";
+  } else {
+    EXPECT_EQ(phase("h2d"), std::nullopt);
+  }
+}
+
 // Back-pressure: a client that writes and never reads gets at most
 // StreamReactor::kMaxInFlight of its messages read past the ones whose
 // answers the transport took (250 KB answers: a few); the rest wait in the
