@@ -6,7 +6,9 @@
 //  kFp32         W of another float dtype ("read as fp32"): the input and W
 //                converted to fp32 in the workspace (exact), an fp32 GEMM,
 //                rounded once to the output dtype.
-//  kW8A16Skinny  int8 W and m <= 32 rows: w8a16.cu, no workspace.
+//  kW8A16Skinny  int8 W, m <= 32, k a multiple of 16 and <= 2^26, input
+//                and W 16-byte aligned (W8A16SkinnySupports): w8a16.cu, no
+//                workspace.
 //  kW8A16Gemm    int8 W and more rows on Hopper: w8a16_gemm.cu (wgmma, the
 //                weights dequantised in registers, scale and bias in its
 //                epilogue), no workspace.

@@ -8,15 +8,16 @@
 // is 24 us of an H100's CUDA cores, more than the 15 us the 45 MB of weights
 // take to read), while mma.sync needs a few percent of the issue slots.
 //
-// Work split. A block (8 warps) owns 16 weight rows (a tile) and the whole
-// K; its warps take 256-byte chunks of K in turn (chunk c goes to warp
-// c % 8), so there is no cross-block reduction and no atomics. Per chunk
+// Work split. A block (8 warps) owns a tile of 16 weight rows (32 in the
+// m > 16 kernel) and the whole K; its warps take 256-byte chunks of K in
+// turn (chunk c goes to warp c % 8), so there is no cross-block reduction
+// and no atomics. Per chunk
 // each thread issues its 8 weight loads (16 bytes each, L1 bypassed, L2
 // prefetch of 256 bytes) before it uses any, so a warp has 4 KB in flight
 // and an SM with two resident blocks 64 KB: far more than the ~20 KB per SM
 // that the H100's bandwidth-latency product asks for.
 //
-// Two kernels share that split, and with it the order of every sum:
+// Three kernels share that split, and with it the order of every sum:
 //  - m <= 8, W8A16DecodeKernel: a persistent grid of two blocks per SM that
 //    walk the tiles blockIdx.x, + gridDim.x, ...; the epilogue's scale and
 //    bias are fetched a tile ahead (at the start for the first) instead of
@@ -74,7 +75,7 @@
 // in the mantissa (one PRMT) and subtracting 1152 (one HSUB2 per pair);
 // int8 -> bf16 through the fp32 magic number 2^23 (PRMT + FADD) and a PRMT
 // that keeps the upper halves (exact: |q| <= 127 has 7 significant bits),
-// or, in the decode kernels on sm_90, with one bf16x2 add per pair
+// or, in the decode and 32-row kernels on sm_90, with one bf16x2 add per pair
 // (Dequant4Bf16Add, 8 instructions per 4 bytes instead of 11; 19.36 vs 19.71 us at m = 1,
 // n = 11008, 8.67 vs 8.73 at n = 4096). The scale multiplies the fp32 sum
 // after the K loop, then the bias is added and the result rounded once, as
@@ -82,11 +83,12 @@
 //
 // Determinism: the chunk-to-warp assignment, the order of the MMAs inside a
 // chunk and the final sum over the 8 warps (in warp order, through shared
-// memory) depend only on k and are the same in both kernels; a row's MMA
+// memory) depend only on k and are the same in all three kernels; a row's MMA
 // results do not depend on the other rows; and the epilogue rounds the
 // product and the sum explicitly (no contraction that could differ between
 // instantiations). So an output row has the same bits for every m <= 32,
-// batched or not, whichever kernel runs it (checked bit for bit on an H100
+// batched or not, whichever kernel runs it, as long as k <= kMaxK (above,
+// LaunchLinear takes the dequantize + cuBLAS path for every m) (checked bit for bit on an H100
 // for m in 1, 3, 8, 9, 16, 17, 31 against 32, both dtypes, per-row and
 // per-tensor scales, all bias types, k in 16, 208, 1040, 4096 and n in 8,
 // 100, 4096, 11008).
@@ -108,8 +110,8 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kRows = 16;     // weight rows per block (the MMA's M)
 constexpr int kBlockK = 64;   // bytes of K one 4-thread group covers per load
 constexpr int kChunkK = 256;  // bytes of K per warp turn (fixed: it sets the sum order)
-// The decode kernel's offsets along K are 32-bit: 32 activation rows of k
-// elements stay under 2^31.
+// The decode and 32-row kernels index activations with 32-bit offsets:
+// 32 activation rows of k elements stay under 2^31.
 constexpr int64_t kMaxK = int64_t{1} << 26;
 // The decode kernel's persistent grid.
 constexpr int kDecodeRows = 8;  // m up to which it runs (one activation tile)
@@ -220,7 +222,8 @@ __device__ __forceinline__ void DequantDecode(uint32_t word, uint32_t& lo, uint3
 
 // The MMA A fragments of one 64-byte block of a 16-row tile: q0 holds row
 // g's 16 bytes, q1 row g + 8's; af[s] feeds MMA step s (k pairs 2t and
-// 2t + 8 of rows g and g + 8). kFastBf16: the decode kernels' dequantisation.
+// 2t + 8 of rows g and g + 8). kFastBf16: the dequantisation of the decode
+// and 32-row kernels (DequantDecode).
 template <typename T, bool kFastBf16>
 __device__ __forceinline__ void WeightFragments(uint4 q0, uint4 q1, uint32_t (&af)[4][4]) {
   const uint32_t w0w[4] = {q0.x, q0.y, q0.z, q0.w};

@@ -285,34 +285,49 @@ TEST_F(CudaTest, LinearPicksTheW8A16GemmForManyRows) {
   EXPECT_FALSE(cuda::W8A16GemmSupports(p));
 }
 
-// Batching never changes a result: on the W8A16 kernel a row's output has
-// the same bits whether it runs alone or with up to 31 others.
+// Batching never changes a result: on the W8A16 kernels (decode m <= 8,
+// 16-row m <= 16, 32-row m <= 32) a row's output has the same bits whether
+// it runs alone or with up to 31 others, for k with a partial chunk, n with
+// a partial tile, both scale kinds and with a bias.
 TEST_F(CudaTest, W8A16RowsAreBatchInvariant) {
-  for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
-    const uint64_t seed = testing::NewSeed();
-    std::mt19937_64 rng(seed);
-    const int64_t m = 32, k = 4096, n = 512;
-    HostTensor x = testing::RandomTensor(dtype, {m, k}, rng);
-    CudaTestWeight w = MakeDeviceWeight(WeightKind::kInt8PerRow, dtype, n, k, rng);
-    DeviceTensor dx(x);
-    DeviceScratch scratch;
-    DeviceTensor full(dtype, {m, n});
-    ASSERT_TRUE(Linear(Ctx(&scratch), {dx.view(), w.device_view(), std::nullopt}, full.mut()).ok());
-    const size_t item = ItemSize(dtype);
-    std::vector<HostTensor> parts;
-    for (int64_t rows : {1, 3, 8, 9, 16, 17}) {
-      // The first `rows` rows alone.
-      const ConstTensorView xv{dtype, {rows, k}, dx.data()};
-      DeviceTensor out(dtype, {rows, n});
-      ASSERT_TRUE(Linear(Ctx(&scratch), {xv, w.device_view(), std::nullopt}, out.mut()).ok());
-      ASSERT_TRUE(Sync());
-      parts.push_back(out.ToHost());
-    }
-    ASSERT_TRUE(Sync());
-    const HostTensor all = full.ToHost();
-    for (const HostTensor& part : parts) {
-      EXPECT_EQ(std::memcmp(part.data(), all.data(), part.shape[0] * n * item), 0)
-          << "seed=" << seed << " dtype=" << DTypeName(dtype) << " rows=" << part.shape[0];
+  struct Shape {
+    int64_t k, n;
+  };
+  for (Shape shape : {Shape{4096, 512}, Shape{208, 100}, Shape{1040, 100}}) {
+    for (WeightKind kind : {WeightKind::kInt8PerRow, WeightKind::kInt8PerTensor}) {
+      for (bool with_bias : {false, true}) {
+        for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
+          const uint64_t seed = testing::NewSeed();
+          std::mt19937_64 rng(seed);
+          const int64_t m = 32, k = shape.k, n = shape.n;
+          HostTensor x = testing::RandomTensor(dtype, {m, k}, rng);
+          CudaTestWeight w = MakeDeviceWeight(kind, dtype, n, k, rng);
+          HostTensor bias = testing::RandomTensor(dtype, {n}, rng);
+          DeviceTensor dx(x), dbias(bias);
+          std::optional<ConstTensorView> b;
+          if (with_bias) b = dbias.view();
+          DeviceScratch scratch;
+          DeviceTensor full(dtype, {m, n});
+          ASSERT_TRUE(Linear(Ctx(&scratch), {dx.view(), w.device_view(), b}, full.mut()).ok());
+          const size_t item = ItemSize(dtype);
+          std::vector<HostTensor> parts;
+          for (int64_t rows : {1, 3, 8, 9, 16, 17, 31}) {
+            // The first `rows` rows alone.
+            const ConstTensorView xv{dtype, {rows, k}, dx.data()};
+            DeviceTensor out(dtype, {rows, n});
+            ASSERT_TRUE(Linear(Ctx(&scratch), {xv, w.device_view(), b}, out.mut()).ok());
+            ASSERT_TRUE(Sync());
+            parts.push_back(out.ToHost());
+          }
+          ASSERT_TRUE(Sync());
+          const HostTensor all = full.ToHost();
+          for (const HostTensor& part : parts) {
+            EXPECT_EQ(std::memcmp(part.data(), all.data(), part.shape[0] * n * item), 0)
+                << "seed=" << seed << " dtype=" << DTypeName(dtype) << " k=" << k << " n=" << n
+                << " kind=" << KindName(kind) << " bias=" << with_bias << " rows=" << part.shape[0];
+          }
+        }
+      }
     }
   }
 }
