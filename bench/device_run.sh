@@ -22,6 +22,26 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv \
   | tee "$out/gpu.txt"
 
+# How many launches of one key in flight pay off (one server per value):
+# unary c=256 and stream c=64 one-row RmsNorm against each server.
+inflight_sweep() {
+  echo "inflight run qps p50_us p99_us rows_per_launch"
+  for n in ${INFLIGHT:-1 2 4 8}; do
+    serve /tmp/srv "$bin/accel-server" --grpc_address=127.0.0.1:0 \
+      --metrics_address=127.0.0.1:0 --max_inflight_batches=$n ${SWEEP_FLAGS:-}
+    pid=$served_pid target=$grpc
+    for run in "unary 256 4" "stream 64 4"; do
+      set -- $run
+      flags="--target=$target --metrics=$metrics --op=rms_norm --rows=1 --width=4096 --dtype=bf16"
+      flags="$flags --concurrency=$2 --channels=$3 --duration_s=3 --warmup_s=1"
+      [ "$1" = stream ] && flags="$flags --stream"
+      "$bin/load_gen" $flags --json="/tmp/sweep.json" > /dev/null
+      python3 -c "import json;d=json.load(open('/tmp/sweep.json'));print('$n', '$1-c$2', round(d['qps']), round(d['p50_us']), round(d['p99_us']), d.get('rows_per_launch'))"
+    done
+    kill -TERM $pid; wait $pid
+  done | tee "$out/inflight_sweep${SWEEP_FLAGS:+_${SWEEP_FLAGS//[^a-zA-Z0-9]/_}}.txt"
+}
+
 case "${1:-tests}" in
   tests)
     status=0
@@ -53,25 +73,10 @@ case "${1:-tests}" in
     ACCEL_DEVICE=auto CONCURRENCY="1 64 256" PLOT="$out/load_latency_gpu.png" PYTHON=python3 \
       bench/run_load.sh /tmp/b "$out/load" 3 "${2:-1}" > "$out/load.txt" 2>&1
     grep -E '^\|' "$out/load.txt" | head -12
-    "$0" sweep
+    inflight_sweep
     ;;
   sweep)
-    # How many launches of one key in flight pay off (one server per value).
-    echo "inflight run qps p50_us p99_us rows_per_launch"
-    for n in ${INFLIGHT:-1 2 4 8}; do
-      serve /tmp/srv "$bin/accel-server" --grpc_address=127.0.0.1:0 \
-        --metrics_address=127.0.0.1:0 --max_inflight_batches=$n ${SWEEP_FLAGS:-}
-      pid=$served_pid target=$grpc
-      for run in "unary 256 4" "stream 64 4"; do
-        set -- $run
-        flags="--target=$target --metrics=$metrics --op=rms_norm --rows=1 --width=4096 --dtype=bf16"
-        flags="$flags --concurrency=$2 --channels=$3 --duration_s=3 --warmup_s=1"
-        [ "$1" = stream ] && flags="$flags --stream"
-        "$bin/load_gen" $flags --json="/tmp/sweep.json" > /dev/null
-        python3 -c "import json;d=json.load(open('/tmp/sweep.json'));print('$n', '$1-c$2', round(d['qps']), round(d['p50_us']), round(d['p99_us']), d.get('rows_per_launch'))"
-      done
-      kill -TERM $pid; wait $pid
-    done | tee "$out/inflight_sweep${SWEEP_FLAGS:+_$(tr -c 'a-z0-9' _ <<<"$SWEEP_FLAGS")}.txt"
+    inflight_sweep
     ;;
   latency)
     # A server per path, and the echo floor; load_gen flags for each.

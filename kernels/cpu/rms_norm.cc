@@ -289,12 +289,17 @@ void RmsNorm(const RmsNormArgs& args, const TensorView& output, const TensorView
   // 16-bit weights in fp32, in a per-thread buffer that only grows (the
   // pool's threads read it while this one waits in ParallelFor): a vector
   // per call was a 16 KB malloc and free for every one-row request of 4096.
+  // Rows wider than kKeptWeight (1 Mi elements) get a buffer of their own,
+  // so that no thread keeps more than 4 MB.
+  constexpr int64_t kKeptWeight = int64_t{1} << 20;
   const float* weight = args.weight.as<float>();
+  std::vector<float> wide_weight;
   if (args.weight.dtype != DType::kFloat32) {
-    thread_local std::vector<float> weight_f32;
-    if (static_cast<int64_t>(weight_f32.size()) < n) weight_f32.resize(n);
-    ConvertFloats(args.weight.dtype, args.weight.data, DType::kFloat32, weight_f32.data(), n);
-    weight = weight_f32.data();
+    thread_local std::vector<float> kept_weight;
+    std::vector<float>& buffer = n <= kKeptWeight ? kept_weight : wide_weight;
+    if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
+    ConvertFloats(args.weight.dtype, args.weight.data, DType::kFloat32, buffer.data(), n);
+    weight = buffer.data();
   }
 
   DispatchFloat(args.input.dtype, [&](auto tag) {
