@@ -1,6 +1,7 @@
 // Every error code of API.md's table, returned where it says, with a message
 // that names the field; and no failed call changes a resident tensor.
 #include <future>
+#include <map>
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
@@ -134,6 +135,163 @@ TEST_F(ErrorsTest, InvalidArgumentNamesTheField) {
   ExpectStoreIntact();
 }
 
+// The checks each op makes before it batches or runs, one request each:
+// every refusal is INVALID_ARGUMENT and names its field.
+TEST_F(ErrorsTest, EveryRequestCheckNamesItsField) {
+  const auto code = absl::StatusCode::kInvalidArgument;
+  {  // RmsNorm: a residual output without a residual; one name for two outputs
+    auto req = GoodRmsNorm();
+    req.set_return_residual(true);
+    ExpectError(client().RmsNorm(req).status(), code, "return_residual");
+    req = GoodRmsNorm();
+    req.set_residual_output_name("r");
+    ExpectError(client().RmsNorm(req).status(), code, "residual_output_name");
+    req = GoodRmsNorm();
+    *req.mutable_residual() =
+        InlineRef(MakeFloatTensor(DType::kFloat32, {2, 4}, std::vector<float>(8, 1)));
+    req.set_output_name("same");
+    req.set_residual_output_name("same");
+    ExpectError(client().RmsNorm(req).status(), code, "residual_output_name");
+  }
+  {  // Linear: no weight name
+    v1::LinearRequest lin;
+    *lin.mutable_input() = InlineRef(MakeFloatTensor(DType::kFloat32, {1, 4}, {1, 2, 3, 4}));
+    ExpectError(client().Linear(lin).status(), code, "weight");
+  }
+  {  // Rope: k_output_name without k, a bad style, cache and tables both,
+     // one table without the other, positions with an offset
+    v1::BuildRopeCacheRequest cache;
+    cache.set_name("rc");
+    cache.set_max_seq_len(8);
+    cache.set_head_dim(4);
+    ASSERT_TRUE(client().BuildRopeCache(cache).ok());
+    auto good = [] {
+      v1::RopeRequest r;
+      *r.mutable_q() =
+          InlineRef(MakeFloatTensor(DType::kFloat32, {1, 2, 1, 4}, std::vector<float>(8, 1)));
+      r.set_cache("rc");
+      return r;
+    };
+    ASSERT_TRUE(client().Rope(good()).ok());
+    auto r = good();
+    r.set_k_output_name("k_out");
+    ExpectError(client().Rope(r).status(), code, "k_output_name");
+    r = good();
+    r.set_style(static_cast<v1::RopeStyle>(7));
+    ExpectError(client().Rope(r).status(), code, "style");
+    r = good();
+    *r.mutable_cos() = InlineRef(MakeFloatTensor(DType::kFloat32, {8, 2}, std::vector<float>(16)));
+    ExpectError(client().Rope(r).status(), code, "cache");
+    r = good();
+    r.clear_cache();
+    *r.mutable_cos() = InlineRef(MakeFloatTensor(DType::kFloat32, {8, 2}, std::vector<float>(16)));
+    ExpectError(client().Rope(r).status(), code, "sin");
+    r = good();
+    const int64_t positions[2] = {0, 1};
+    *r.mutable_positions() =
+        InlineRef(DType::kInt64, {2},
+                  std::string(reinterpret_cast<const char*>(positions), sizeof(positions)));
+    r.set_position_offset(3);
+    ExpectError(client().Rope(r).status(), code, "position_offset");
+  }
+  {  // Quantize: an unknown granularity; Dequantize: a name and values both
+    v1::QuantizeRequest q;
+    *q.mutable_input() = InlineRef(MakeFloatTensor(DType::kFloat32, {2, 2}, {1, 2, 3, 4}));
+    q.set_granularity(static_cast<v1::Granularity>(5));
+    ExpectError(client().Quantize(q).status(), code, "granularity");
+    v1::DequantizeRequest dq;
+    dq.set_name("wq");
+    *dq.mutable_values() = InlineRef(DType::kInt8, {2, 4}, std::string(8, '\0'));
+    ExpectError(client().Dequantize(dq).status(), code, "name");
+  }
+  {  // QuantizeWeight: no source; a source that is not 2-D
+    v1::QuantizeWeightRequest qw;
+    ExpectError(client().QuantizeWeight(qw).status(), code, "source");
+    qw.set_source("w");  // [4]
+    ExpectError(client().QuantizeWeight(qw).status(), code, "source");
+  }
+  {  // GetTensor and DeleteTensor without a name; a negative chunk size
+    grpc::ClientContext get_context;
+    v1::GetTensorRequest get;
+    auto reader = client().stub().GetTensor(&get_context, get);
+    v1::GetTensorResponse chunk;
+    while (reader->Read(&chunk)) {
+    }
+    grpc::Status status = reader->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr("name"));
+    grpc::ClientContext negative_context;
+    get.set_name("w");
+    get.set_chunk_bytes(-1);
+    reader = client().stub().GetTensor(&negative_context, get);
+    while (reader->Read(&chunk)) {
+    }
+    status = reader->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr("chunk_bytes"));
+    ExpectError(client().Delete("").status(), code, "name");
+  }
+  ASSERT_TRUE(client().Delete("rc").ok());
+  ExpectStoreIntact();
+}
+
+// The server's own checks of an upload, which Client::Put never lets
+// through: more bytes than declared, fewer, and an empty stream. Nothing is
+// stored and no quota is left reserved.
+TEST_F(ErrorsTest, PutTensorRefusesAWrongUpload) {
+  auto upload = [&](std::vector<v1::PutTensorRequest> messages) {
+    grpc::ClientContext context;
+    v1::TensorInfo info;
+    auto writer = client().stub().PutTensor(&context, &info);
+    for (const auto& m : messages) writer->Write(m);
+    writer->WritesDone();
+    return writer->Finish();
+  };
+  v1::PutTensorRequest first;
+  first.set_name("up");
+  first.set_dtype(v1::FLOAT32);
+  first.add_shape(2);
+  first.set_data(std::string(4, 'x'));  // 4 of the 8 bytes
+  v1::PutTensorRequest rest;
+  rest.set_data(std::string(8, 'y'));  // 12 in all
+  grpc::Status status = upload({first, rest});
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("more than the declared 8 bytes"));
+  status = upload({first});  // 4 of 8
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("received 4"));
+  status = upload({});
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("empty stream"));
+  ExpectStoreIntact();
+  // The refused uploads left no reservation behind: the full 8 bytes go in.
+  rest.set_data(std::string(4, 'y'));
+  EXPECT_TRUE(upload({first, rest}).ok());
+  EXPECT_EQ(client().Get("up")->data, "xxxxyyyy");
+}
+
+// A stream message with no op is answered with INVALID_ARGUMENT naming
+// "op", and the stream goes on.
+TEST_F(ErrorsTest, AStreamMessageWithoutAnOpIsAnsweredAndTheStreamGoesOn) {
+  auto stream = client().OpenStream();
+  v1::StreamRequest empty;
+  empty.set_id(1);
+  ASSERT_TRUE(stream->Write(empty));
+  v1::StreamRequest good;
+  good.set_id(2);
+  *good.mutable_rms_norm() = GoodRmsNorm();
+  ASSERT_TRUE(stream->Write(good));
+  std::map<uint64_t, v1::StreamResponse> answers;
+  v1::StreamResponse resp;
+  for (int i = 0; i < 2 && stream->Read(&resp); ++i) answers[resp.id()] = resp;
+  ASSERT_EQ(answers.size(), 2u);
+  EXPECT_EQ(answers[1].code(), int(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_THAT(answers[1].message(), HasSubstr("op"));
+  EXPECT_EQ(answers[2].code(), 0) << answers[2].message();
+  EXPECT_TRUE(answers[2].has_rms_norm());
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
 TEST_F(ErrorsTest, NotFoundForMissingNames) {
   auto req = GoodRmsNorm();
   *req.mutable_weight() = NamedRef("nope");
@@ -203,6 +361,31 @@ TEST_F(ErrorsTest, ResourceExhaustedForQuotaAndMessageSize) {
   *big.mutable_gate() = InlineRef(MakeFloatTensor(DType::kFloat32, {int64_t(ones.size())}, ones));
   *big.mutable_up() = InlineRef(MakeFloatTensor(DType::kFloat32, {int64_t(ones.size())}, ones));
   EXPECT_EQ(client().SwiGlu(big).status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST_F(ErrorsTest, AResultTooBigForOneAnswerIsRefusedNamingTheOutput) {
+  auto options = LocalOptions();
+  options.max_message_bytes = 1 << 20;
+  StartServer(options);
+  // A small request whose result would not fit in one answer: RmsNorm of a
+  // resident 1.5 MiB input, answered inline, is refused naming the output
+  // (with the way out: an output name and GetTensor); stored, it runs.
+  // 1.5 MiB, uploaded in 256 KiB chunks (each message under the limit).
+  const v1::Tensor x = MakeFloatTensor(DType::kFloat32, {384, 1024}, RandomFloats(384 * 1024, 5));
+  ASSERT_TRUE(client().Put("x", DType::kFloat32, {384, 1024}, x.data(), false, 256 << 10).ok());
+  ASSERT_TRUE(
+      client().Put("nw", MakeFloatTensor(DType::kFloat32, {1024}, RandomFloats(1024, 6))).ok());
+  v1::RmsNormRequest wide;
+  *wide.mutable_input() = NamedRef("x");
+  *wide.mutable_weight() = NamedRef("nw");
+  const absl::Status too_big = client().RmsNorm(wide).status();
+  ExpectError(too_big, absl::StatusCode::kResourceExhausted, "output");
+  EXPECT_THAT(std::string(too_big.message()), HasSubstr("--max_message_bytes"));
+  wide.set_output_name("y");
+  EXPECT_TRUE(client().RmsNorm(wide).ok());
+  auto y = client().Get("y");
+  ASSERT_TRUE(y.ok()) << y.status();
+  EXPECT_EQ(y->data.size(), size_t{384} * 1024 * 4);
 }
 
 TEST_F(ErrorsTest, ResourceExhaustedWhenTheQueueIsFull) {

@@ -455,6 +455,11 @@ TEST_F(ServerTest, LoadTensorsReadsSafetensorsUnderModelDir) {
   EXPECT_EQ(Floats(norm->ToTensor()), (std::vector<float>{0.5f, 0.25f, 0.125f}));
   EXPECT_EQ(client().Load("../etc/passwd").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(client().Load("missing.safetensors").status().code(), absl::StatusCode::kNotFound);
+  // A cast to an integer dtype is refused naming dtype; nothing is loaded.
+  const absl::Status cast = client().Load("model.safetensors", "i.", {}, DType::kInt8).status();
+  EXPECT_EQ(cast.code(), absl::StatusCode::kInvalidArgument) << cast;
+  EXPECT_NE(cast.message().find("dtype"), std::string::npos) << cast;
+  EXPECT_EQ(client().List()->size(), 2u);
   std::filesystem::remove_all(dir);
 }
 
