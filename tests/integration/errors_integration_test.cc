@@ -414,6 +414,34 @@ TEST_F(ErrorsTest, ResourceExhaustedWhenTheQueueIsFull) {
   EXPECT_GT(ok, 0);
 }
 
+// The batcher's own queue: with a queue delay of a second the first
+// RmsNorm to arrive waits in it, so the others, sent at the same time, find
+// it full (--max_queue_size=1) and are refused at once; the first is served.
+TEST_F(ErrorsTest, ResourceExhaustedWhenTheBatchQueueIsFull) {
+  auto options = LocalOptions();
+  options.max_queue_size = 1;
+  options.max_queue_delay_us = 1'000'000;
+  StartServer(options);
+  ASSERT_TRUE(client().Put("w", MakeFloatTensor(DType::kFloat32, {4}, {1, 2, 3, 4})).ok());
+  std::vector<std::future<absl::Status>> calls;
+  for (int i = 0; i < 8; ++i) {
+    calls.push_back(
+        std::async(std::launch::async, [&] { return client().RmsNorm(GoodRmsNorm()).status(); }));
+  }
+  int ok = 0, exhausted = 0;
+  for (auto& call : calls) {
+    const absl::Status status = call.get();
+    if (status.ok()) ++ok;
+    if (status.code() == absl::StatusCode::kResourceExhausted) {
+      ++exhausted;
+      EXPECT_THAT(std::string(status.message()), HasSubstr("batch queue is full")) << status;
+      EXPECT_THAT(std::string(status.message()), HasSubstr("--max_queue_size=1")) << status;
+    }
+  }
+  EXPECT_EQ(ok, 1);
+  EXPECT_EQ(exhausted, 7);
+}
+
 TEST_F(ErrorsTest, DeadlineExceededAndCancelled) {
   grpc::ClientContext expired;
   expired.set_deadline(std::chrono::system_clock::now() - std::chrono::seconds(1));
