@@ -150,6 +150,21 @@ TEST(Client, GetReturnsTheScalesOfAQuantizedTensor) {
   EXPECT_THAT(*TensorToFloats(fetched->scales), ElementsAre(0.5f, 0.25f));
 }
 
+// A download whose bytes do not match its info is DATA_LOSS, not a tensor.
+TEST(Client, GetRefusesATruncatedDownload) {
+  fake::FakeServer server;
+  fake::FakeTensorOps::Stored stored;
+  stored.info.set_name("t");
+  stored.info.set_dtype(v1::FLOAT32);
+  stored.info.add_shape(4);  // 16 bytes
+  stored.data = std::string(12, 'x');
+  server.service().Store("t", stored);
+  Client client(server.address());
+  auto fetched = client.Get("t");
+  EXPECT_EQ(fetched.status().code(), absl::StatusCode::kDataLoss) << fetched.status();
+  EXPECT_THAT(std::string(fetched.status().message()), HasSubstr("sent 12 bytes"));
+}
+
 TEST(Client, SendsTheTokenAsBearerMetadata) {
   fake::FakeServer server;
   server.service().required_token = "s3cret";
@@ -222,6 +237,7 @@ TEST(Client, OpStreamCarriesRequestsAndPerRequestErrors) {
   EXPECT_EQ(response.id(), 8u);
   EXPECT_EQ(response.code(), grpc::StatusCode::UNIMPLEMENTED);
   EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(stream->Finish().code(), absl::StatusCode::kFailedPrecondition);
 
   // A stream dropped without Finish is cancelled, not leaked.
   std::unique_ptr<OpStream> abandoned = client.OpenStream();

@@ -468,6 +468,13 @@ TEST_F(ErrorsTest, UnauthenticatedWithoutTheToken) {
   EXPECT_TRUE(right.Put("t", MakeFloatTensor(DType::kFloat32, {1}, {1})).ok());
   EXPECT_EQ(client().Put("t2", MakeFloatTensor(DType::kFloat32, {1}, {1})).status().code(),
             absl::StatusCode::kUnauthenticated);
+  // The Stream RPC is refused as a whole, before any message is read.
+  auto stream = wrong.OpenStream();
+  v1::StreamRequest request;
+  request.set_id(1);
+  *request.mutable_rms_norm() = GoodRmsNorm();
+  stream->Write(request);
+  ExpectError(stream->Finish(), absl::StatusCode::kUnauthenticated, "authorization");
 }
 
 TEST_F(ErrorsTest, UnavailableWhileDrainingButInFlightCallsFinish) {
