@@ -442,6 +442,38 @@ TEST_F(ErrorsTest, ResourceExhaustedWhenTheBatchQueueIsFull) {
   EXPECT_EQ(exhausted, 7);
 }
 
+// Without batching, a row op runs alone on the executor; a full executor
+// queue refuses it at once (the task handed back, answered, not leaked).
+TEST_F(ErrorsTest, ResourceExhaustedWhenTheExecutorQueueIsFullWithoutBatching) {
+  auto options = LocalOptions();
+  options.batching = false;
+  options.executor_threads = 1;
+  options.max_queue_size = 1;
+  StartServer(options);
+  ASSERT_TRUE(client().Put("w", MakeFloatTensor(DType::kFloat32, {4}, {1, 2, 3, 4})).ok());
+  v1::FfnRequest slow;
+  ASSERT_NO_FATAL_FAILURE(slow = SlowFfn(/*h=*/256, /*inter=*/1024, /*m=*/4096));
+  auto busy = std::async(std::launch::async, [&] { return client().Ffn(slow).status(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the worker takes the Ffn
+  std::vector<std::future<absl::Status>> calls;
+  for (int i = 0; i < 8; ++i) {
+    calls.push_back(
+        std::async(std::launch::async, [&] { return client().RmsNorm(GoodRmsNorm()).status(); }));
+  }
+  int exhausted = 0;
+  for (auto& call : calls) {
+    const absl::Status status = call.get();
+    if (status.code() == absl::StatusCode::kResourceExhausted) {
+      ++exhausted;
+      EXPECT_THAT(std::string(status.message()), HasSubstr("queue")) << status;
+    } else {
+      EXPECT_TRUE(status.ok()) << status;
+    }
+  }
+  EXPECT_GT(exhausted, 0);
+  EXPECT_TRUE(busy.get().ok());
+}
+
 TEST_F(ErrorsTest, DeadlineExceededAndCancelled) {
   grpc::ClientContext expired;
   expired.set_deadline(std::chrono::system_clock::now() - std::chrono::seconds(1));
