@@ -163,6 +163,11 @@ TEST(Client, GetRefusesATruncatedDownload) {
   auto fetched = client.Get("t");
   EXPECT_EQ(fetched.status().code(), absl::StatusCode::kDataLoss) << fetched.status();
   EXPECT_THAT(std::string(fetched.status().message()), HasSubstr("sent 12 bytes"));
+  // And a stream that ends without any message.
+  server.service().get_sends_nothing = true;
+  fetched = client.Get("t");
+  EXPECT_EQ(fetched.status().code(), absl::StatusCode::kDataLoss) << fetched.status();
+  EXPECT_THAT(std::string(fetched.status().message()), HasSubstr("returned no message"));
 }
 
 TEST(Client, SendsTheTokenAsBearerMetadata) {

@@ -33,6 +33,8 @@ class FakeTensorOps final : public v1::TensorOps::Service {
   std::string required_token;
   // ListTensors sleeps this long first (for deadline tests).
   std::chrono::milliseconds list_delay{0};
+  // GetTensor ends its stream OK without sending a message (a broken server).
+  bool get_sends_nothing = false;
 
   // What PutTensor received, per call: the size of each message's data.
   std::vector<std::vector<size_t>> put_calls() {
@@ -92,6 +94,7 @@ class FakeTensorOps final : public v1::TensorOps::Service {
       }
       stored = it->second;
     }
+    if (get_sends_nothing) return grpc::Status::OK;
     const size_t chunk = request->chunk_bytes() > 0 ? request->chunk_bytes() : (1 << 20);
     size_t sent = 0;
     bool first = true;
