@@ -233,6 +233,29 @@ class BatchingTest : public ::testing::Test {
   Client& batched() { return *clients_[0]; }
   Client& unbatched() { return *clients_[1]; }
 
+  // The batched server's device phases of one RmsNorm call: `request` runs
+  // on both servers (their answers must be the same bytes) and the batched
+  // one's accel_compute_duration_seconds counts are read back.
+  struct RmsNormPhases {
+    bool cuda = false;
+    std::optional<double> kernel, h2d, d2h;
+  };
+  void RunRmsNormOnBoth(const v1::RmsNormRequest& request, RmsNormPhases* phases) {
+    auto batched_response = batched().RmsNorm(request);
+    ASSERT_TRUE(batched_response.ok()) << batched_response.status();
+    auto reference = unbatched().RmsNorm(request);
+    ASSERT_TRUE(reference.ok()) << reference.status();
+    EXPECT_TRUE(batched_response->SerializeAsString() == reference->SerializeAsString());
+    auto info = batched().ServerInfo();
+    ASSERT_TRUE(info.ok()) << info.status();
+    const std::string metrics = ScrapeMetrics(servers_[0]->metrics_port());
+    auto phase = [&](const std::string& name) {
+      return Sample(metrics,
+                    "accel_compute_duration_seconds_count{op=\"rms_norm\",phase=\"" + name + "\"}");
+    };
+    *phases = {info->backend() == "cuda", phase("kernel"), phase("h2d"), phase("d2h")};
+  }
+
   // The unbatched server's answers, one call at a time.
   std::map<uint64_t, std::string> Reference(const std::vector<v1::StreamRequest>& requests) {
     std::map<uint64_t, std::string> want;
@@ -338,24 +361,14 @@ TEST_F(BatchingTest, ALargeRequestRecordsItsCopiesOnAGpu) {
   *request.mutable_input() =
       InlineRef(MakeFloatTensor(DType::kFloat32, {512, 320}, RandomFloats(512 * 320, 3, 2.0f)));
   request.mutable_weight()->set_name("norm.weight");
-  auto batched_response = batched().RmsNorm(request);
-  ASSERT_TRUE(batched_response.ok()) << batched_response.status();
-  auto reference = unbatched().RmsNorm(request);
-  ASSERT_TRUE(reference.ok()) << reference.status();
-  EXPECT_TRUE(batched_response->SerializeAsString() == reference->SerializeAsString());
-  auto info = batched().ServerInfo();
-  ASSERT_TRUE(info.ok()) << info.status();
-  const std::string metrics = ScrapeMetrics(servers_[0]->metrics_port());
-  auto phase = [&](const std::string& name) {
-    return Sample(metrics,
-                  "accel_compute_duration_seconds_count{op=\"rms_norm\",phase=\"" + name + "\"}");
-  };
-  EXPECT_EQ(phase("kernel"), 1);
-  if (info->backend() == "cuda") {
-    EXPECT_EQ(phase("h2d"), 1);
-    EXPECT_EQ(phase("d2h"), 1);
+  RmsNormPhases phases;
+  ASSERT_NO_FATAL_FAILURE(RunRmsNormOnBoth(request, &phases));
+  EXPECT_EQ(phases.kernel, 1);
+  if (phases.cuda) {
+    EXPECT_EQ(phases.h2d, 1);
+    EXPECT_EQ(phases.d2h, 1);
   } else {
-    EXPECT_EQ(phase("h2d"), std::nullopt);
+    EXPECT_EQ(phases.h2d, std::nullopt);
   }
 }
 
@@ -368,24 +381,14 @@ TEST_F(BatchingTest, AnInlineWeightReadByEveryRowIsCopiedOnAGpu) {
       InlineRef(MakeFloatTensor(DType::kBFloat16, {60, 4096}, RandomFloats(60 * 4096, 11, 2.0f)));
   *request.mutable_weight() =
       InlineRef(MakeFloatTensor(DType::kFloat32, {4096}, RandomFloats(4096, 12, 2.0f)));
-  auto batched_response = batched().RmsNorm(request);
-  ASSERT_TRUE(batched_response.ok()) << batched_response.status();
-  auto reference = unbatched().RmsNorm(request);
-  ASSERT_TRUE(reference.ok()) << reference.status();
-  EXPECT_TRUE(batched_response->SerializeAsString() == reference->SerializeAsString());
-  auto info = batched().ServerInfo();
-  ASSERT_TRUE(info.ok()) << info.status();
-  const std::string metrics = ScrapeMetrics(servers_[0]->metrics_port());
-  auto phase = [&](const std::string& name) {
-    return Sample(metrics,
-                  "accel_compute_duration_seconds_count{op=\"rms_norm\",phase=\"" + name + "\"}");
-  };
-  EXPECT_EQ(phase("kernel"), 1);
-  if (info->backend() == "cuda") {
-    EXPECT_EQ(phase("h2d"), 1) << "the weight is copied";
-    EXPECT_EQ(phase("d2h").value_or(0), 0) << "the 480 KiB output stays zero-copy";
+  RmsNormPhases phases;
+  ASSERT_NO_FATAL_FAILURE(RunRmsNormOnBoth(request, &phases));
+  EXPECT_EQ(phases.kernel, 1);
+  if (phases.cuda) {
+    EXPECT_EQ(phases.h2d, 1) << "the weight is copied";
+    EXPECT_EQ(phases.d2h.value_or(0), 0) << "the 480 KiB output stays zero-copy";
   } else {
-    EXPECT_EQ(phase("h2d"), std::nullopt);
+    EXPECT_EQ(phases.h2d, std::nullopt);
   }
 }
 
