@@ -322,6 +322,15 @@ __global__ void __launch_bounds__(384, 1)
         }
   };
 
+  // Keeps the compiler from moving accumulator reads or writes across a
+  // wgmma issue or wait (the accumulators are wgmma's in-out registers).
+  auto fence_acc = [&] {
+#pragma unroll
+    for (int h = 0; h < kHalves; ++h)
+#pragma unroll
+      for (int j = 0; j < C::kAcc; ++j) FenceOperand(acc[h][j]);
+  };
+
   int it0 = 0;  // stage-ring position of this tile's first K tile
   for (int unit = unit0; unit < num_units; unit += unit_step, it0 += nk) {
     int m0, n0;
@@ -353,10 +362,7 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
           for (int r = 0; r < 4; ++r) FenceOperand(af[s4][h][r]);
       }
-#pragma unroll
-      for (int h = 0; h < kHalves; ++h)
-#pragma unroll
-        for (int j = 0; j < C::kAcc; ++j) FenceOperand(acc[h][j]);
+      fence_acc();
       WgmmaFence();
 #pragma unroll
       for (int s4 = 0; s4 < 4; ++s4) {
@@ -366,10 +372,7 @@ __global__ void __launch_bounds__(384, 1)
       WgmmaCommit();
       if (kt + 1 < nk) load_raw(it0 + kt + 1);
       WgmmaWait<0>();
-#pragma unroll
-      for (int h = 0; h < kHalves; ++h)
-#pragma unroll
-        for (int j = 0; j < C::kAcc; ++j) FenceOperand(acc[h][j]);
+      fence_acc();
 #pragma unroll
       for (int s4 = 0; s4 < 4; ++s4)
 #pragma unroll
