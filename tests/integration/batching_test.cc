@@ -5,12 +5,6 @@
 // the responses of a server with --batching=false. The batching server
 // waits up to 20 ms for batches to fill, so the concurrent requests really
 // do share launches; the test checks that from its metrics.
-#include <sys/socket.h>
-#include <unistd.h>
-
-#include <arpa/inet.h>
-#include <netinet/in.h>
-
 #include <atomic>
 #include <cstring>
 #include <map>
@@ -22,36 +16,13 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "server/stream_reactor.h"
+#include "tests/integration/metrics_scrape.h"
 #include "tests/integration/server_fixture.h"
 
 namespace accel::testing {
 namespace {
 
 using kernels::DType;
-
-// Raw /metrics text of the server on 127.0.0.1:port.
-std::string ScrapeMetrics(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return "";
-  }
-  const std::string request = "GET /metrics HTTP/1.0\r\nConnection: close\r\n\r\n";
-  if (write(fd, request.data(), request.size()) < 0) {
-    close(fd);
-    return "";
-  }
-  std::string body;
-  char buf[16384];
-  ssize_t n;
-  while ((n = read(fd, buf, sizeof(buf))) > 0) body.append(buf, static_cast<size_t>(n));
-  close(fd);
-  return body;
-}
 
 // accel_batch_requests_{sum,count}{op="<op>"}.
 std::pair<double, double> BatchRequests(const std::string& metrics, const std::string& op) {
@@ -67,17 +38,6 @@ std::pair<double, double> BatchRequests(const std::string& metrics, const std::s
     }
   }
   return {sum, count};
-}
-
-// The value of the sample line `series` (name{labels}); nullopt if absent.
-std::optional<double> Sample(const std::string& metrics, const std::string& series) {
-  for (absl::string_view line : absl::StrSplit(metrics, '\n')) {
-    if (absl::StartsWith(line, series + " ")) {
-      double value = 0;
-      if (absl::SimpleAtod(line.substr(series.size() + 1), &value)) return value;
-    }
-  }
-  return std::nullopt;
 }
 
 // One request of any batchable op, as a stream message (the unary request

@@ -6,6 +6,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "metrics_scrape.h"
 #include "server_fixture.h"
 
 namespace accel::testing {
@@ -514,7 +515,15 @@ TEST_F(ErrorsTest, UnavailableWhileDrainingButInFlightCallsFinish) {
   v1::FfnRequest req;
   ASSERT_NO_FATAL_FAILURE(req = SlowFfn(/*h=*/256, /*inter=*/2048, /*m=*/1024));
   auto in_flight = std::async(std::launch::async, [&] { return client().Ffn(req).status(); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let it reach the server
+  // Drain only once the server holds the call (a fixed sleep lost the race
+  // on a loaded CI machine: the call arrived after the drain and was refused).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (Sample(ScrapeMetrics(server().metrics_port()), "accel_pending_requests{op=\"ffn\"}")
+                 .value_or(0) < 1 &&
+         in_flight.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the Ffn never reached the server";
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   auto drain =
       std::async(std::launch::async, [&] { server().Shutdown(std::chrono::milliseconds(20000)); });
   std::this_thread::sleep_for(std::chrono::milliseconds(10));
