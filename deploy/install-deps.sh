@@ -7,12 +7,13 @@
 set -euo pipefail
 
 runtime_pkgs=(
-  libgrpc++1.51 libprotobuf32 libopenblas0-pthread libprometheus-cpp-core1.0 ca-certificates
+  libgrpc++1.51 libprotobuf32 libopenblas0-pthread libprometheus-cpp-core1.0 libtcmalloc-minimal4
+  ca-certificates
 )
 build_pkgs=(
   build-essential cmake ninja-build pkg-config git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
-  prometheus-cpp-dev nlohmann-json3-dev libopenblas-dev
+  prometheus-cpp-dev nlohmann-json3-dev libopenblas-dev libgoogle-perftools-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-grpcio python3-protobuf python3-numpy python3-pytest
   prometheus clang-format python3-matplotlib

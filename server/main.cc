@@ -134,6 +134,7 @@ int main(int argc, char** argv) {
     LOG(ERROR) << "accel-server failed to start: " << server.status();
     return 1;
   }
+  LOG(INFO) << "malloc=" << ACCEL_MALLOC_NAME;
   std::cout << (*server)->ListeningLine() << std::endl;
 
   int signal_number = 0;

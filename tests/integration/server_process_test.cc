@@ -9,6 +9,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <future>
 #include <regex>
 #include <string>
@@ -67,6 +68,7 @@ class ServerProcess {
     return "";
   }
   void Signal(int sig) { kill(pid_, sig); }
+  pid_t pid() const { return pid_; }
   int WaitExit() {
     int status = 0;
     waitpid(pid_, &status, 0);
@@ -132,6 +134,25 @@ TEST(ServerProcess, StartsServesAndDrainsOnSigterm) {
   EXPECT_TRUE(in_flight.get().ok());
   EXPECT_EQ(process.WaitExit(), 0);
   EXPECT_EQ(client.List().status().code(), absl::StatusCode::kUnavailable);
+}
+
+// The allocator is linked without any call into it, so a linker that drops
+// unused libraries (--as-needed) would silently leave glibc's malloc: the
+// running process must have mapped the one the build chose.
+TEST(ServerProcess, RunsOnTheAllocatorItWasBuiltWith) {
+  ServerProcess process;
+  ASSERT_NE(process.ReadListeningLine(), "");
+  std::ifstream maps("/proc/" + std::to_string(process.pid()) + "/maps");
+  const std::string mapped((std::istreambuf_iterator<char>(maps)),
+                           std::istreambuf_iterator<char>());
+  ASSERT_THAT(mapped, ::testing::HasSubstr("accel-server"));
+  if (std::string(ACCEL_SERVER_MALLOC) == "tcmalloc") {
+    EXPECT_THAT(mapped, ::testing::HasSubstr("libtcmalloc_minimal"));
+  } else {
+    EXPECT_THAT(mapped, ::testing::Not(::testing::HasSubstr("libtcmalloc")));
+  }
+  process.Signal(SIGTERM);
+  EXPECT_EQ(process.WaitExit(), 0);
 }
 
 TEST(ServerProcess, RefusesABadFlagWithAClearError) {
