@@ -103,7 +103,8 @@ absl::Status Batcher::Schedule(std::unique_ptr<BatchTask>* task) {
         " requests waiting, --max_queue_size=", options_.max_queue_size, "); retry with backoff"));
   }
   (*task)->enqueued = now;
-  Queue& queue = queues_[key];
+  QueueMap::value_type& entry = *queues_.try_emplace(key).first;
+  Queue& queue = entry.second;
   if ((*task)->runs_inline() && queue.in_flight < std::max(1, options_.max_inflight_per_key) &&
       queue.tasks.empty() && options_.max_queue_delay.count() == 0) {
     // A queue with nothing waiting, a free launch slot and no delay would
@@ -112,14 +113,13 @@ absl::Status Batcher::Schedule(std::unique_ptr<BatchTask>* task) {
     // wake-ups, the largest cost of a small request at low load). Tasks of
     // this key that arrive meanwhile queue up for a worker, as they would
     // behind a worker's launch.
-    ++queue.in_flight;
-    const std::string own_key = key;  // the task (and `key`) die in RunBatch
+    ++queue.in_flight;  // keeps `entry` in the map until LaunchedLocked
     std::vector<std::unique_ptr<BatchTask>> batch;
     batch.push_back(std::move(*task));
     mu_.Unlock();
     RunBatch(options_.metrics, std::move(batch), options_.offload);
     mu_.Lock();
-    LaunchedLocked(own_key);
+    LaunchedLocked(&entry);
     return absl::OkStatus();
   }
   queue.tasks.push_back(std::move(*task));
@@ -133,14 +133,20 @@ absl::Status Batcher::Schedule(std::unique_ptr<BatchTask>* task) {
   return absl::OkStatus();
 }
 
-void Batcher::LaunchedLocked(const std::string& key) {
-  auto it = queues_.find(key);
-  --it->second.in_flight;
-  if (it->second.tasks.empty()) {
+void Batcher::LaunchedLocked(QueueMap::value_type* queue) {
+  --queue->second.in_flight;
+  if (queue->second.tasks.empty()) {
     // A free slot with nothing waiting creates no work.
-    if (it->second.in_flight == 0) queues_.erase(it);  // keys hold tensor addresses
+    DropIdleQueuesLocked();
   } else {
     ++epoch_;
+  }
+}
+
+void Batcher::DropIdleQueuesLocked() {
+  if (queues_.size() <= kQueuesKept) return;
+  for (auto it = queues_.begin(); it != queues_.end();) {
+    it = it->second.in_flight == 0 && it->second.tasks.empty() ? queues_.erase(it) : std::next(it);
   }
 }
 
@@ -162,17 +168,22 @@ int64_t Batcher::queued() const {
   return queued_;
 }
 
+size_t Batcher::queue_count() const {
+  absl::MutexLock lock(&mu_);
+  return queues_.size();
+}
+
 bool Batcher::TakeLocked(BatchClock::time_point now, Taken* taken,
                          BatchClock::time_point* wake_at) {
   const BatchPlanOptions plan_options{options_.max_batch_rows, options_.max_queue_delay,
                                       /*flush=*/stopping_};
   const int max_inflight = std::max(1, options_.max_inflight_per_key);
   *wake_at = BatchClock::time_point::max();
-  Queue* best = nullptr;
-  const std::string* best_key = nullptr;
+  QueueMap::value_type* best_entry = nullptr;
   size_t best_launch = 0;
   std::vector<QueuedRequest> requests;
-  for (auto& [key, queue] : queues_) {
+  for (QueueMap::value_type& entry : queues_) {
+    Queue& queue = entry.second;
     if (queue.in_flight >= max_inflight || queue.tasks.empty()) continue;
     requests.clear();
     for (const std::unique_ptr<BatchTask>& task : queue.tasks) {
@@ -187,29 +198,28 @@ bool Batcher::TakeLocked(BatchClock::time_point now, Taken* taken,
     }
     if (plan.launch > 0) {
       // FIFO across keys: the queue whose head waited longest goes first.
-      if (best == nullptr || queue.tasks.front()->enqueued < best->tasks.front()->enqueued) {
-        best = &queue;
-        best_key = &key;
+      if (best_entry == nullptr ||
+          queue.tasks.front()->enqueued < best_entry->second.tasks.front()->enqueued) {
+        best_entry = &entry;
         best_launch = plan.launch;
       }
     } else if (plan.wake_at) {
       *wake_at = std::min(*wake_at, *plan.wake_at);
     }
   }
-  if (best != nullptr) {
-    taken->key = *best_key;
+  if (best_entry != nullptr) {
+    Queue& best = best_entry->second;
+    taken->queue = best_entry;
     for (size_t i = 0; i < best_launch; ++i) {
-      taken->batch.push_back(std::move(best->tasks.front()));
-      best->tasks.pop_front();
+      taken->batch.push_back(std::move(best.tasks.front()));
+      best.tasks.pop_front();
     }
     queued_ -= static_cast<int64_t>(best_launch);
-    ++best->in_flight;
+    ++best.in_flight;
   }
   // Queues emptied by expiry alone.
-  for (auto it = queues_.begin(); it != queues_.end();) {
-    it = it->second.in_flight == 0 && it->second.tasks.empty() ? queues_.erase(it) : std::next(it);
-  }
-  return best != nullptr || !taken->expired.empty();
+  if (!taken->expired.empty()) DropIdleQueuesLocked();
+  return best_entry != nullptr || !taken->expired.empty();
 }
 
 void Batcher::WorkerLoop() {
@@ -227,7 +237,7 @@ void Batcher::WorkerLoop() {
       const bool launched = !taken.batch.empty();
       if (launched) RunBatch(options_.metrics, std::move(taken.batch), options_.offload);
       mu_.Lock();
-      if (launched) LaunchedLocked(taken.key);
+      if (launched) LaunchedLocked(taken.queue);
       continue;
     }
     if (stopping_ && queued_ == 0) return;

@@ -133,15 +133,24 @@ class Batcher {
 
   // Tasks waiting (not yet launched).
   int64_t queued() const;
+  // Idle queues (nothing waiting or in flight) are kept for their key's
+  // next request: a key that comes back does not allocate and free a queue
+  // per request. Beyond this many queues, idle ones are dropped (keys hold
+  // tensor addresses: a replaced weight leaves its old key behind).
+  static constexpr size_t kQueuesKept = 64;
+  // Keys with a queue, idle ones included.
+  size_t queue_count() const;
 
  private:
   struct Queue {
     std::deque<std::unique_ptr<BatchTask>> tasks;
     int in_flight = 0;  // launches of this key running now
   };
+  // std::unordered_map: references stay valid while other keys come and go.
+  using QueueMap = std::unordered_map<std::string, Queue>;
   // What a worker took out of the queues under the lock.
   struct Taken {
-    std::string key;
+    QueueMap::value_type* queue = nullptr;  // the batch's; in flight, so not erased
     std::vector<std::unique_ptr<BatchTask>> batch;
     std::vector<std::unique_ptr<BatchTask>> expired;
   };
@@ -152,13 +161,14 @@ class Batcher {
   // nothing to do now; *wake_at is then the next time a plan may change.
   bool TakeLocked(BatchClock::time_point now, Taken* taken, BatchClock::time_point* wake_at)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // After a launch of `key`: one fewer in flight.
-  void LaunchedLocked(const std::string& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After a launch from `queue`: one fewer in flight.
+  void LaunchedLocked(QueueMap::value_type* queue) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops idle queues while there are more than kQueuesKept.
+  void DropIdleQueuesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Options options_;
   mutable absl::Mutex mu_;
-  // std::unordered_map: references stay valid while other keys come and go.
-  std::unordered_map<std::string, Queue> queues_ ABSL_GUARDED_BY(mu_);
+  QueueMap queues_ ABSL_GUARDED_BY(mu_);
   int64_t queued_ ABSL_GUARDED_BY(mu_) = 0;
   // Bumped whenever a worker may find new work: a task queued on a key with
   // a free launch slot, a slot freed on a key with tasks waiting.

@@ -12,6 +12,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -362,6 +363,31 @@ TEST(Batcher, AnInlineTaskOfAnIdleKeyRunsOnTheSchedulingThread) {
   // Done already ran, here: no worker was involved.
   absl::MutexLock lock(&log.mu);
   EXPECT_EQ(log.done.count(1), 1u);
+}
+
+TEST(Batcher, KeepsAnIdleKeysQueueAndDropsIdleOnesBeyondTheLimit) {
+  Log log;
+  Batcher batcher(TestOptions());
+  int id = 0;
+  for (int round = 0; round < 3; ++round) {  // inline and through the workers
+    auto task = Task(id++, "a", &log);
+    if (round != 1) task->Inline();
+    ASSERT_TRUE(Schedule(batcher, std::move(task)).ok());
+    log.WaitDone(static_cast<size_t>(id));
+  }
+  EXPECT_EQ(batcher.queue_count(), 1u);  // one queue served all three
+
+  // Keys that never come back (weights replaced) do not pile up.
+  const size_t keys = Batcher::kQueuesKept * 2;
+  for (size_t k = 0; k < keys; ++k) {
+    auto task = Task(id++, absl::StrCat("w@", k), &log);
+    task->Inline();
+    ASSERT_TRUE(Schedule(batcher, std::move(task)).ok());
+  }
+  log.WaitDone(static_cast<size_t>(id));
+  EXPECT_LE(batcher.queue_count(), Batcher::kQueuesKept + 1);
+  absl::MutexLock lock(&log.mu);
+  for (const auto& [task_id, status] : log.done) EXPECT_TRUE(status.ok()) << task_id;
 }
 
 TEST(Batcher, AnInlineTaskRunsHereWhileASlotIsFreeAndQueuesWhenAllAreBusy) {
