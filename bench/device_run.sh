@@ -7,6 +7,8 @@
 #                               # --max_inflight_batches at c=256 unary / c=64 stream
 #   bench/device_run.sh sweep   # only that sweep (SWEEP_FLAGS: more flags for its
 #                               # servers, INFLIGHT: the values, default 1 2 4 8)
+#   bench/device_run.sh channels # stream and unary at c=64 over 4-64 connections
+#                               # (CHANNELS: the counts; SWEEP_FLAGS), server and echo
 #   bench/device_run.sh latency # c=1 single rows: where a request's time goes
 #                               # (server means per phase), inline on/off, echo
 # Logs and JSON go to $OUT (the device tool's output folder) or ./device_out.
@@ -40,6 +42,30 @@ inflight_sweep() {
     done
     kill -TERM $pid; wait $pid
   done | tee "$out/inflight_sweep${SWEEP_FLAGS:+_${SWEEP_FLAGS//[^a-zA-Z0-9]/_}}.txt"
+}
+
+# Stream vs unary against the connection count (c=64 one-row RmsNorm; one
+# stream per connection): whether each stream's serial read loop, not the
+# host, bounds the stream. Echo alongside, same connections.
+channel_sweep() {
+  serve /tmp/chsrv "$bin/accel-server" --grpc_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 \
+    ${SWEEP_FLAGS:-}
+  local srv_pid=$served_pid srv="--target=$grpc --metrics=$metrics"
+  serve /tmp/checho "$bin/load_gen" --serve_echo
+  local echo_pid=$served_pid echo_srv="--echo --echo_target=$grpc"
+  echo "channels mode side qps p50_us p99_us rows_per_launch"
+  for ch in ${CHANNELS:-4 8 16 64}; do
+    for mode in unary stream; do
+      for side in srv echo_srv; do
+        flags="${!side} --op=rms_norm --rows=1 --width=4096 --dtype=bf16 --concurrency=64"
+        flags="$flags --channels=$ch --duration_s=3 --warmup_s=1"
+        [ $mode = stream ] && flags="$flags --stream"
+        "$bin/load_gen" $flags --json=/tmp/ch.json > /dev/null
+        python3 -c "import json;d=json.load(open('/tmp/ch.json'));print('$ch', '$mode', '${side%_srv}', round(d['qps']), round(d['p50_us']), round(d['p99_us']), d.get('rows_per_launch'))"
+      done
+    done
+  done | tee "$out/channel_sweep${SWEEP_FLAGS:+_${SWEEP_FLAGS//[^a-zA-Z0-9]/_}}.txt"
+  kill -TERM $srv_pid $echo_pid; wait $srv_pid $echo_pid
 }
 
 case "${1:-tests}" in
@@ -77,6 +103,9 @@ case "${1:-tests}" in
     ;;
   sweep)
     inflight_sweep
+    ;;
+  channels)
+    channel_sweep
     ;;
   latency)
     # A server per path, and the echo floor; load_gen flags for each.
