@@ -9,6 +9,8 @@
 #                               # servers, INFLIGHT: the values, default 1 2 4 8)
 #   bench/device_run.sh channels # stream and unary at c=64 over 4-64 connections
 #                               # (CHANNELS: the counts; SWEEP_FLAGS), server and echo
+#   bench/device_run.sh linear  # one-row W8A16 Linear, batching on vs off vs echo
+#                               # (LINEAR_N: output features, default 11008)
 #   bench/device_run.sh latency # c=1 single rows: where a request's time goes
 #                               # (server means per phase), inline on/off, echo
 # Logs and JSON go to $OUT (the device tool's output folder) or ./device_out.
@@ -68,6 +70,31 @@ channel_sweep() {
   kill -TERM $srv_pid $echo_pid; wait $srv_pid $echo_pid
 }
 
+# Batching where the GPU does real work per row: one-row W8A16 Linear
+# (bf16 [1, 4096] x int8 [11008, 4096], 8.5-18.5 us of kernel alone),
+# batching on against --batching=false and the echo of the same payloads.
+linear_batching() {
+  serve /tmp/lon "$bin/accel-server" --grpc_address=127.0.0.1:0 --metrics_address=127.0.0.1:0
+  local on_pid=$served_pid on="--target=$grpc --metrics=$metrics"
+  serve /tmp/loff "$bin/accel-server" --grpc_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 \
+    --batching=false
+  local off_pid=$served_pid off="--target=$grpc --metrics=$metrics"
+  serve /tmp/lecho "$bin/load_gen" --serve_echo
+  local echo_pid=$served_pid echo_srv="--echo --echo_target=$grpc"
+  echo "run qps p50_us p99_us rows_per_launch"
+  for run in "unary 1 1" "unary 64 4" "unary 256 4" "stream 64 4"; do
+    set -- $run
+    for side in on off echo_srv; do
+      flags="${!side} --op=linear --rows=1 --width=4096 --out_features=${LINEAR_N:-11008}"
+      flags="$flags --dtype=bf16 --concurrency=$2 --channels=$3 --duration_s=3 --warmup_s=1"
+      [ "$1" = stream ] && flags="$flags --stream"
+      "$bin/load_gen" $flags --json=/tmp/lin.json > /dev/null
+      python3 -c "import json;d=json.load(open('/tmp/lin.json'));print('$1-c$2-${side%_srv}', round(d['qps']), round(d['p50_us']), round(d['p99_us']), d.get('rows_per_launch'))"
+    done
+  done | tee "$out/linear_batching.txt"
+  kill -TERM $on_pid $off_pid $echo_pid; wait $on_pid $off_pid $echo_pid
+}
+
 case "${1:-tests}" in
   tests)
     status=0
@@ -106,6 +133,9 @@ case "${1:-tests}" in
     ;;
   channels)
     channel_sweep
+    ;;
+  linear)
+    linear_batching
     ;;
   latency)
     # A server per path, and the echo floor; load_gen flags for each.

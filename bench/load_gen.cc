@@ -73,7 +73,9 @@ ABSL_FLAG(std::string, echo_target, "",
 ABSL_FLAG(bool, serve_echo, false,
           "Only serve the echo service on 127.0.0.1:0: print 'listening grpc=HOST:PORT' and run "
           "until SIGTERM or SIGINT");
-ABSL_FLAG(std::string, op, "rms_norm", "rms_norm, swiglu or echo (echo implies --echo)");
+ABSL_FLAG(std::string, op, "rms_norm", "rms_norm, swiglu, linear or echo (echo implies --echo)");
+ABSL_FLAG(int64_t, out_features, 4096,
+          "linear: output features N of the resident int8 weight [N, --width] (per-row scales)");
 ABSL_FLAG(int64_t, rows, 1, "Rows of each request's input");
 ABSL_FLAG(int64_t, width, 4096, "Last dimension of each request's input");
 ABSL_FLAG(std::string, dtype, "bf16", "bf16, fp16 or fp32");
@@ -473,8 +475,8 @@ int Run() {
   const std::string op =
       absl::GetFlag(FLAGS_op) == "echo" ? std::string("rms_norm") : absl::GetFlag(FLAGS_op);
   const bool echo = absl::GetFlag(FLAGS_echo) || absl::GetFlag(FLAGS_op) == "echo";
-  if (op != "rms_norm" && op != "swiglu") {
-    std::cerr << "--op: expected rms_norm, swiglu or echo\n";
+  if (op != "rms_norm" && op != "swiglu" && op != "linear") {
+    std::cerr << "--op: expected rms_norm, swiglu, linear or echo\n";
     return 2;
   }
   const kernels::DType dtype = ParseDType(absl::GetFlag(FLAGS_dtype));
@@ -495,8 +497,15 @@ int Run() {
   };
   v1::RmsNormRequest rms_norm;
   v1::SwiGluRequest swiglu;
+  v1::LinearRequest linear;
+  const int64_t out_features = absl::GetFlag(FLAGS_out_features);
   int64_t request_bytes = 0, response_bytes = 0;
-  if (op == "rms_norm") {
+  if (op == "linear") {
+    *linear.mutable_input()->mutable_value() = random_tensor();
+    linear.set_weight("bench.linear.weight");
+    request_bytes = linear.input().value().data().size();
+    response_bytes = rows * out_features * static_cast<int64_t>(kernels::ItemSize(dtype));
+  } else if (op == "rms_norm") {
     *rms_norm.mutable_input()->mutable_value() = random_tensor();
     if (residual) *rms_norm.mutable_residual()->mutable_value() = random_tensor();
     rms_norm.mutable_weight()->set_name("bench.rms_norm.weight");
@@ -535,19 +544,37 @@ int Run() {
       return 1;
     }
     target = absl::StrCat("127.0.0.1:", port);
-  } else if (op == "rms_norm") {
-    // The weight stays resident, as a model's norm weights do.
+  } else if (op == "rms_norm" || op == "linear") {
+    // The weight stays resident, as a model's weights do.
     Client client(target);
     if (absl::Status s = client.WaitForConnected(std::chrono::seconds(10)); !s.ok()) {
       std::cerr << "cannot reach " << target << ": " << s << "\n";
       return 1;
     }
-    std::vector<float> ones(static_cast<size_t>(width));
-    for (float& v : ones) v = 1.0f + 0.01f * dist(rng);
-    auto put = client.Put("bench.rms_norm.weight", MakeFloatTensor(dtype, {width}, ones),
-                          /*overwrite=*/true);
-    if (!put.ok()) {
-      std::cerr << "PutTensor failed: " << put.status() << "\n";
+    absl::Status loaded;
+    if (op == "rms_norm") {
+      std::vector<float> ones(static_cast<size_t>(width));
+      for (float& v : ones) v = 1.0f + 0.01f * dist(rng);
+      loaded = client
+                   .Put("bench.rms_norm.weight", MakeFloatTensor(dtype, {width}, ones),
+                        /*overwrite=*/true)
+                   .status();
+    } else {
+      // A float weight, quantized to int8 in place (per-row scales).
+      std::vector<float> w(static_cast<size_t>(out_features * width));
+      for (float& v : w) v = 0.05f * dist(rng);
+      loaded = client
+                   .Put("bench.linear.weight", MakeFloatTensor(dtype, {out_features, width}, w),
+                        /*overwrite=*/true)
+                   .status();
+      if (loaded.ok()) {
+        v1::QuantizeWeightRequest quantize;
+        quantize.set_source("bench.linear.weight");
+        loaded = client.QuantizeWeight(quantize).status();
+      }
+    }
+    if (!loaded.ok()) {
+      std::cerr << "loading the weight failed: " << loaded << "\n";
       return 1;
     }
   }
@@ -588,6 +615,11 @@ int Run() {
         issue = [stub = echo_stubs[c].get(), &echo_request, response](auto* ctx, auto done) {
           stub->async()->Echo(ctx, &echo_request, response.get(), std::move(done));
         };
+      } else if (op == "linear") {
+        auto response = std::make_shared<v1::LinearResponse>();
+        issue = [stub = ops_stubs[c].get(), &linear, response](auto* ctx, auto done) {
+          stub->async()->Linear(ctx, &linear, response.get(), std::move(done));
+        };
       } else if (op == "rms_norm") {
         auto response = std::make_shared<v1::RmsNormResponse>();
         issue = [stub = ops_stubs[c].get(), &rms_norm, response](auto* ctx, auto done) {
@@ -615,7 +647,9 @@ int Run() {
         std::vector<v1::StreamRequest> requests(slots);
         for (int s = 0; s < slots; ++s) {
           requests[s].set_id(s);
-          if (op == "rms_norm") {
+          if (op == "linear") {
+            *requests[s].mutable_linear() = linear;
+          } else if (op == "rms_norm") {
             *requests[s].mutable_rms_norm() = rms_norm;
           } else {
             *requests[s].mutable_swiglu() = swiglu;

@@ -237,6 +237,10 @@ absl::Status Linear(const ExecContext& ctx, const LinearArgs& args, const Tensor
   return UnknownBackend(ctx.backend);
 }
 
+int64_t LinearBatchInvariantRows(Backend backend, const LinearArgs& args) {
+  return backend == Backend::kCuda ? cuda::LinearBatchInvariantRows(args) : 0;
+}
+
 // -------------------------------------------------------------------- Ffn
 
 absl::StatusOr<OutputSpec> CheckFfn(const FfnArgs& args) {

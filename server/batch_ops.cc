@@ -506,6 +506,61 @@ absl::Status LaunchQuantize(const OpEnv& env, std::span<QuantizeItem* const> ite
   return scales.Commit();
 }
 
+// ------------------------------------------------------------------ Linear
+
+absl::StatusOr<LinearItem> PrepareLinear(const OpEnv& env, const v1::LinearRequest& req,
+                                         v1::LinearResponse* resp) {
+  const TensorStore& store = *env.store;
+  LinearItem item;
+  item.req = &req;
+  item.resp = resp;
+  ASSIGN_OR_RETURN(item.input, ResolveInput(req.input(), "input", store));
+  ASSIGN_OR_RETURN(item.weight, ResolveWeight(req.weight(), "weight", store));
+  ASSIGN_OR_RETURN(item.bias, ResolveOptionalBias(req.bias(), "bias", store));
+  item.args.input = item.input.view;
+  item.args.weight = item.weight.view;
+  if (item.bias.has_value()) item.args.bias = item.bias->view;
+  ASSIGN_OR_RETURN(item.spec, kernels::CheckLinear(item.args));
+
+  const ConstTensorView& x = item.input.view;
+  item.rows = x.rows();
+  // Only where the kernel gives every row the same bits in a launch of up
+  // to `invariant` rows as alone (int8 weights on a GPU).
+  const int64_t invariant = kernels::LinearBatchInvariantRows(env.device->backend(), item.args);
+  const int64_t result_bytes = kernels::NumElements(item.spec.shape) *
+                               static_cast<int64_t>(kernels::ItemSize(item.spec.dtype));
+  if (invariant > 0 && item.rows <= invariant && Inline(item.input) && req.output_name().empty() &&
+      RowsCanBatch(env, x, result_bytes)) {
+    item.max_batch_rows = invariant;
+    item.key =
+        absl::StrCat("linear/", static_cast<int>(x.dtype), "/", x.last_dim(), "/",
+                     Identity(req.weight(), item.weight.resident.get()), "/",
+                     item.bias.has_value() ? Identity(req.bias(), item.bias->resident.get()) : "");
+  }
+  return item;
+}
+
+absl::Status LaunchLinear(const OpEnv& env, std::span<LinearItem* const> items) {
+  const LinearItem& first = *items[0];
+  const int64_t k = first.args.input.last_dim();
+  const Shape shape = items.size() == 1 ? first.args.input.shape : Shape{TotalRows(items), k};
+  CallScope scope(*env.device, env.metrics, Op::kLinear);
+  kernels::LinearArgs args = first.args;
+  ASSIGN_OR_RETURN(args.input,
+                   BatchInput(scope, items, shape, [](const LinearItem& i) { return i.input; }));
+  const OutputSpec whole{first.spec.dtype, items.size() == 1
+                                               ? first.spec.shape
+                                               : Shape{shape[0], first.spec.shape.back()}};
+  ASSIGN_OR_RETURN(BatchOutput output,
+                   BatchOutput::Make(env, scope, items, whole, [](LinearItem& i) {
+                     return BatchOutput::Target{i.req->output_name(), "output_name", i.spec,
+                                                i.resp->mutable_output()};
+                   }));
+  RETURN_IF_ERROR(kernels::Linear(scope.ctx(), args, output.view()));
+  RETURN_IF_ERROR(scope.Finish());
+  return output.Commit();
+}
+
 // -------------------------------------------------------------- Dequantize
 
 absl::StatusOr<DequantizeItem> PrepareDequantize(const OpEnv& env, const v1::DequantizeRequest& req,
@@ -611,6 +666,9 @@ absl::Status RunQuantize(const OpEnv& env, const v1::QuantizeRequest& req,
 absl::Status RunDequantize(const OpEnv& env, const v1::DequantizeRequest& req,
                            v1::DequantizeResponse* resp) {
   return RunAlone<DequantizeOp>(env, req, resp);
+}
+absl::Status RunLinear(const OpEnv& env, const v1::LinearRequest& req, v1::LinearResponse* resp) {
+  return RunAlone<LinearOp>(env, req, resp);
 }
 
 // ------------------------------------------------------------------ Submit

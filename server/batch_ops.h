@@ -1,4 +1,4 @@
-// The batchable ops (RmsNorm, SwiGlu, Rope, Quantize, Dequantize) split in
+// The batchable ops (RmsNorm, SwiGlu, Rope, Quantize, Dequantize, Linear) split in
 // two: Prepare decodes and validates one request (on the gRPC thread) into
 // an Item that holds its views and its batch key; Launch runs one or more
 // Items of one key as one kernel launch over their concatenated rows and
@@ -16,9 +16,12 @@
 // gets no key, and runs alone, when it names an output (results stay
 // resident per request), passes a weight/cache inline, sends its main
 // inputs by name, asks for per-tensor Quantize (one scale over the whole
-// request), or is empty. Linear and Ffn are not batched at all: OpenBLAS
-// (and cuBLAS) choose kernels and blocking by M, so a row's result may
-// change with the batch size.
+// request), or is empty. Linear is batched only where its kernel computes
+// every row alone for any row count up to a bound
+// (kernels::LinearBatchInvariantRows: int8 weights on a GPU, up to 32 rows
+// per launch); elsewhere OpenBLAS and cuBLAS choose kernels and blocking by
+// M, so a row's result could change with the batch size: those Linear
+// calls, and every Ffn, run alone.
 //
 // OpTask wraps an Item as a BatchTask for the Batcher; SubmitTask hands it
 // to the Batcher (with a key) or the executor (alone).
@@ -26,6 +29,7 @@
 // Thread-safety: the functions are reentrant; an Item belongs to one task.
 #pragma once
 
+#include <limits>
 #include <memory>
 #include <optional>
 #include <span>
@@ -48,10 +52,12 @@
 namespace accel::server {
 
 // Fields every item has: where its request and response live, its key
-// (empty: runs alone) and its rows (tokens).
+// (empty: runs alone), its rows (tokens) and the most rows its key's
+// launches may hold (BatchTask::max_batch_rows).
 struct ItemBase {
   std::string key;
   int64_t rows = 0;
+  int64_t max_batch_rows = std::numeric_limits<int64_t>::max();
 };
 
 struct RmsNormItem : ItemBase {
@@ -118,6 +124,19 @@ absl::StatusOr<DequantizeItem> PrepareDequantize(const OpEnv& env, const v1::Deq
                                                  v1::DequantizeResponse* resp);
 absl::Status LaunchDequantize(const OpEnv& env, std::span<DequantizeItem* const> items);
 
+struct LinearItem : ItemBase {
+  const v1::LinearRequest* req = nullptr;
+  v1::LinearResponse* resp = nullptr;
+  ResolvedInput input;
+  ResolvedWeight weight;
+  std::optional<ResolvedInput> bias;
+  kernels::LinearArgs args;
+  kernels::OutputSpec spec;
+};
+absl::StatusOr<LinearItem> PrepareLinear(const OpEnv& env, const v1::LinearRequest& req,
+                                         v1::LinearResponse* resp);
+absl::Status LaunchLinear(const OpEnv& env, std::span<LinearItem* const> items);
+
 // Ties an op's request, response, item and functions together for OpTask.
 #define ACCEL_BATCH_OP(Name, Request_, Response_, Item_, kOp_, PrepareFn, LaunchFn)             \
   struct Name {                                                                                 \
@@ -140,6 +159,8 @@ ACCEL_BATCH_OP(RopeOp, v1::RopeRequest, v1::RopeResponse, RopeItem, Op::kRope, P
                LaunchRope)
 ACCEL_BATCH_OP(QuantizeOp, v1::QuantizeRequest, v1::QuantizeResponse, QuantizeItem, Op::kQuantize,
                PrepareQuantize, LaunchQuantize)
+ACCEL_BATCH_OP(LinearOp, v1::LinearRequest, v1::LinearResponse, LinearItem, Op::kLinear,
+               PrepareLinear, LaunchLinear)
 ACCEL_BATCH_OP(DequantizeOp, v1::DequantizeRequest, v1::DequantizeResponse, DequantizeItem,
                Op::kDequantize, PrepareDequantize, LaunchDequantize)
 #undef ACCEL_BATCH_OP
@@ -167,6 +188,7 @@ class OpTask final : public BatchTask {
   Op op() const override { return Traits::kOp; }
   const std::string& key() const override { return item_.key; }
   int64_t rows() const override { return item_.rows; }
+  int64_t max_batch_rows() const override { return item_.max_batch_rows; }
   BatchClock::time_point deadline() const override { return deadline_; }
   absl::Status CheckAlive() override { return CheckCallAlive(*call_); }
   bool runs_inline() const override { return runs_inline_; }

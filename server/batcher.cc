@@ -175,8 +175,8 @@ size_t Batcher::queue_count() const {
 
 bool Batcher::TakeLocked(BatchClock::time_point now, Taken* taken,
                          BatchClock::time_point* wake_at) {
-  const BatchPlanOptions plan_options{options_.max_batch_rows, options_.max_queue_delay,
-                                      /*flush=*/stopping_};
+  BatchPlanOptions plan_options{options_.max_batch_rows, options_.max_queue_delay,
+                                /*flush=*/stopping_};
   const int max_inflight = std::max(1, options_.max_inflight_per_key);
   *wake_at = BatchClock::time_point::max();
   QueueMap::value_type* best_entry = nullptr;
@@ -186,6 +186,8 @@ bool Batcher::TakeLocked(BatchClock::time_point now, Taken* taken,
     Queue& queue = entry.second;
     if (queue.in_flight >= max_inflight || queue.tasks.empty()) continue;
     requests.clear();
+    plan_options.max_batch_rows =
+        std::min(options_.max_batch_rows, queue.tasks.front()->max_batch_rows());
     for (const std::unique_ptr<BatchTask>& task : queue.tasks) {
       requests.push_back({task->rows(), task->enqueued, task->deadline()});
     }

@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <span>
 #include <string>
@@ -57,6 +58,10 @@ class BatchTask {
   virtual const std::string& key() const = 0;
   // Rows (tokens) this task adds to a launch.
   virtual int64_t rows() const = 0;
+  // The most rows a launch of this key may hold, below --max_batch_rows
+  // when the op's results depend on the row count beyond it (Linear).
+  // Equal for all tasks of a key.
+  virtual int64_t max_batch_rows() const { return std::numeric_limits<int64_t>::max(); }
   // The caller's deadline on the steady clock; time_point::max() if none.
   virtual BatchClock::time_point deadline() const { return BatchClock::time_point::max(); }
   // OK while the caller still waits; CANCELLED or DEADLINE_EXCEEDED after.

@@ -22,25 +22,6 @@ constexpr double kDefaultRopeBase = 10000.0;
 
 }  // namespace
 
-absl::Status RunLinear(const OpEnv& env, const v1::LinearRequest& req, v1::LinearResponse* resp) {
-  ASSIGN_OR_RETURN(ResolvedInput input, ResolveInput(req.input(), "input", *env.store));
-  ASSIGN_OR_RETURN(ResolvedWeight weight, ResolveWeight(req.weight(), "weight", *env.store));
-  ASSIGN_OR_RETURN(std::optional<ResolvedInput> bias,
-                   ResolveOptionalBias(req.bias(), "bias", *env.store));
-  kernels::LinearArgs args;
-  args.input = input.view;
-  args.weight = weight.view;
-  if (bias.has_value()) args.bias = bias->view;
-  ASSIGN_OR_RETURN(OutputSpec spec, kernels::CheckLinear(args));
-  CallScope scope(*env.device, env.metrics, Op::kLinear);
-  ASSIGN_OR_RETURN(args.input, StageInput(scope, input));
-  ASSIGN_OR_RETURN(OutputSlot output, OutputSlot::Make(env, scope, req.output_name(), "output_name",
-                                                       spec, resp->mutable_output()));
-  RETURN_IF_ERROR(kernels::Linear(scope.ctx(), args, output.view()));
-  RETURN_IF_ERROR(scope.Finish());
-  return output.Commit();
-}
-
 absl::Status RunFfn(const OpEnv& env, const v1::FfnRequest& req, v1::FfnResponse* resp) {
   const TensorStore& store = *env.store;
   ASSIGN_OR_RETURN(ResolvedInput input, ResolveInput(req.input(), "input", store));

@@ -106,6 +106,9 @@ absl::Status StreamReactor::ScheduleBatched(std::shared_ptr<const v1::StreamRequ
     case v1::StreamRequest::kDequantize:
       return SubmitStreamOp<DequantizeOp>(service_, call_, request->dequantize(),
                                           out->mutable_dequantize(), std::move(done));
+    case v1::StreamRequest::kLinear:
+      return SubmitStreamOp<LinearOp>(service_, call_, request->linear(), out->mutable_linear(),
+                                      std::move(done));
     default:
       return absl::InternalError("ScheduleBatched: not a batchable op");
   }
@@ -118,6 +121,7 @@ bool StreamReactor::Batchable(const v1::StreamRequest& request) {
     case v1::StreamRequest::kRope:
     case v1::StreamRequest::kQuantize:
     case v1::StreamRequest::kDequantize:
+    case v1::StreamRequest::kLinear:
       return true;
     default:
       return false;

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "accel/util/status_macros.h"
 #include "cuda/launch.h"
+#include "cuda/linear.h"
 
 namespace accel::kernels::cuda {
 namespace {
@@ -98,6 +99,17 @@ absl::Status Linear(const ExecContext& ctx, const LinearArgs& args, const Tensor
   p.workspace_bytes = LinearWorkspaceBytes(p);
   ASSIGN_OR_RETURN(p.workspace, Scratch(ctx, p.workspace_bytes, "Linear"));
   return CudaStatus(LaunchLinear(p, Stream(ctx)), "Linear");
+}
+
+int64_t LinearBatchInvariantRows(const LinearArgs& args) {
+  // The W8A16 small-M kernel's own predicate, for one row of an input as
+  // staged (aligned); every m up to its bound then takes that kernel.
+  alignas(16) static const char kAlignedRow[16] = {};
+  LinearParams p = WeightParams(args.weight, args.bias);
+  p.input = kAlignedRow;
+  p.dtype = Elem(args.input.dtype);
+  p.m = 1;
+  return W8A16SkinnySupports(p) ? kW8A16SkinnyMaxRows : 0;
 }
 
 absl::Status Ffn(const ExecContext& ctx, const FfnArgs& args, const TensorView& output) {

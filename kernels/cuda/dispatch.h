@@ -22,6 +22,7 @@ absl::Status RmsNorm(const ExecContext& ctx, const RmsNormArgs& args, const Tens
                      const TensorView* residual_out);
 absl::Status SwiGlu(const ExecContext& ctx, const SwiGluArgs& args, const TensorView& output);
 absl::Status Linear(const ExecContext& ctx, const LinearArgs& args, const TensorView& output);
+int64_t LinearBatchInvariantRows(const LinearArgs& args);
 absl::Status Ffn(const ExecContext& ctx, const FfnArgs& args, const TensorView& output);
 // args.positions, when set, must be device memory here (Check read a host copy).
 absl::Status Rope(const ExecContext& ctx, const RopeArgs& args, const TensorView& q_out,
@@ -56,6 +57,7 @@ template <typename... Args>
 absl::Status Linear(const Args&... args) {
   return NotBuilt(args...);
 }
+inline int64_t LinearBatchInvariantRows(const LinearArgs&) { return 0; }
 template <typename... Args>
 absl::Status Ffn(const Args&... args) {
   return NotBuilt(args...);

@@ -107,6 +107,17 @@ std::vector<v1::StreamRequest> RandomRequests(uint32_t seed) {
         requests.push_back(r);
       }
     }
+    // Linear on the int8 weight, with and without a bias (batched on a GPU
+    // only: kernels::LinearBatchInvariantRows).
+    for (int i = 0; i < 6; ++i) {
+      v1::StreamRequest r;
+      r.set_id(id++);
+      v1::LinearRequest& op = *r.mutable_linear();
+      *op.mutable_input() = InlineRef(floats(dtype, {uniform(1, 5), 64}, 2.0f));
+      op.set_weight("linear.w");
+      if (i % 2 == 1) op.set_bias("linear.b");
+      requests.push_back(r);
+    }
     // Dequantize per row (int8 values, fp32 scales) to this dtype.
     for (int i = 0; i < 6; ++i) {
       v1::StreamRequest r;
@@ -151,6 +162,9 @@ v1::StreamResponse CallUnary(Client& client, const v1::StreamRequest& r) {
     case v1::StreamRequest::kDequantize:
       take(client.Dequantize(r.dequantize()), out.mutable_dequantize());
       break;
+    case v1::StreamRequest::kLinear:
+      take(client.Linear(r.linear()), out.mutable_linear());
+      break;
     default:
       ADD_FAILURE() << "unexpected op";
   }
@@ -183,7 +197,20 @@ class BatchingTest : public ::testing::Test {
       cache.set_max_seq_len(256);
       cache.set_head_dim(64);
       ASSERT_TRUE(client.BuildRopeCache(cache).ok());
+      ASSERT_TRUE(
+          client
+              .Put("linear.w", MakeFloatTensor(DType::kFloat32, {48, 64}, RandomFloats(48 * 64, 5)))
+              .ok());
+      v1::QuantizeWeightRequest quantize;
+      quantize.set_source("linear.w");
+      ASSERT_TRUE(client.QuantizeWeight(quantize).ok());
+      ASSERT_TRUE(
+          client.Put("linear.b", MakeFloatTensor(DType::kBFloat16, {48}, RandomFloats(48, 6)))
+              .ok());
     }
+    auto info = clients_[0]->ServerInfo();
+    ASSERT_TRUE(info.ok()) << info.status();
+    cuda_ = info->backend() == "cuda";
   }
   void TearDown() override {
     clients_.clear();
@@ -227,19 +254,29 @@ class BatchingTest : public ::testing::Test {
     return want;
   }
 
-  void ExpectBatched(const std::vector<std::string>& ops) {
+  // Every op of kOps shared some launch; Linear did on a GPU only (its
+  // CPU kernel's results may depend on the row count).
+  void ExpectBatched() {
     const std::string metrics = ScrapeMetrics(servers_[0]->metrics_port());
-    for (const std::string& op : ops) {
+    for (const std::string& op : kOps) {
       const auto [requests, launches] = BatchRequests(metrics, op);
       EXPECT_GT(requests, launches) << op << ": no launch held more than one request";
     }
+    const auto [requests, launches] = BatchRequests(metrics, "linear");
+    EXPECT_GT(launches, 0);
+    if (cuda_) {
+      EXPECT_GT(requests, launches) << "linear: no launch held more than one request";
+    } else {
+      EXPECT_EQ(requests, launches) << "linear: batched on the CPU";
+    }
   }
 
+  static inline const std::vector<std::string> kOps = {"rms_norm", "swiglu", "rope", "quantize",
+                                                       "dequantize"};
+  bool cuda_ = false;
   std::vector<std::unique_ptr<server::Server>> servers_;
   std::vector<std::unique_ptr<Client>> clients_;
 };
-
-const std::vector<std::string> kOps = {"rms_norm", "swiglu", "rope", "quantize", "dequantize"};
 
 TEST_F(BatchingTest, ConcurrentUnaryRequestsGiveTheUnbatchedBytes) {
   const std::vector<v1::StreamRequest> requests = RandomRequests(/*seed=*/1234);
@@ -258,7 +295,7 @@ TEST_F(BatchingTest, ConcurrentUnaryRequestsGiveTheUnbatchedBytes) {
         << "seed 1234, request " << i << " (" << requests[i].ShortDebugString().substr(0, 80)
         << "...) differs from the unbatched bytes";
   }
-  ExpectBatched(kOps);
+  ExpectBatched();
 }
 
 TEST_F(BatchingTest, StreamedRequestsGiveTheUnbatchedBytes) {
@@ -279,7 +316,7 @@ TEST_F(BatchingTest, StreamedRequestsGiveTheUnbatchedBytes) {
     EXPECT_TRUE(got[id] == bytes) << "seed 99, request " << id
                                   << " differs from the unbatched bytes";
   }
-  ExpectBatched(kOps);
+  ExpectBatched();
 }
 
 TEST_F(BatchingTest, EveryLaunchRecordsTheComputePhasesOfItsBackend) {

@@ -397,6 +397,43 @@ TEST(CheckQuantizationError, Errors) {
                         {"scales: expected FLOAT32 scales of shape [] or [3]"}));
 }
 
+// Which Linear calls may share a launch: int8 weights on the GPU's W8A16
+// small-M kernel (batch invariant up to 32 rows), nothing else.
+TEST(LinearBatchInvariantRows, OnlyInt8WeightsOnAGpuUpTo32Rows) {
+  HostTensor x16 = T(DType::kFloat16, {1, 64});
+  HostTensor xb16 = T(DType::kBFloat16, {3, 64});
+  HostTensor x32 = T(DType::kFloat32, {1, 64});
+  HostTensor wq = T(DType::kInt8, {32, 64});
+  HostTensor s_row = T(DType::kFloat32, {32});
+  HostTensor s_one = T(DType::kFloat32, {});
+  HostTensor w16 = T(DType::kFloat16, {32, 64});
+  HostTensor x_k40 = T(DType::kFloat16, {1, 40});
+  HostTensor wq_k40 = T(DType::kInt8, {32, 40});
+  const WeightView int8_row{wq.view(), s_row.view()};
+#if ACCEL_WITH_CUDA
+  const int64_t on_gpu = 32;
+#else
+  const int64_t on_gpu = 0;  // no CUDA build: no GPU kernel at all
+#endif
+
+  EXPECT_EQ(LinearBatchInvariantRows(Backend::kCuda, {x16.view(), int8_row, std::nullopt}), on_gpu);
+  EXPECT_EQ(LinearBatchInvariantRows(Backend::kCuda, {xb16.view(), int8_row, s_row.view()}),
+            on_gpu);
+  EXPECT_EQ(LinearBatchInvariantRows(Backend::kCuda,
+                                     {x16.view(), {wq.view(), s_one.view()}, std::nullopt}),
+            on_gpu);
+  // OpenBLAS on the CPU, cuBLAS for float weights, and the dequantize +
+  // cuBLAS path (fp32 input, k not a multiple of 16) choose by row count.
+  EXPECT_EQ(LinearBatchInvariantRows(Backend::kCpu, {x16.view(), int8_row, std::nullopt}), 0);
+  EXPECT_EQ(LinearBatchInvariantRows(Backend::kCuda,
+                                     {x16.view(), {w16.view(), std::nullopt}, std::nullopt}),
+            0);
+  EXPECT_EQ(LinearBatchInvariantRows(Backend::kCuda, {x32.view(), int8_row, std::nullopt}), 0);
+  EXPECT_EQ(LinearBatchInvariantRows(Backend::kCuda,
+                                     {x_k40.view(), {wq_k40.view(), s_row.view()}, std::nullopt}),
+            0);
+}
+
 // -------------------------------------------------------------- CUDA seam
 
 TEST(Backend, CudaIsUnimplementedWithoutACudaBuild) {

@@ -3,6 +3,7 @@
 // callers and failed batches are answered as the header promises.
 #include "server/batcher.h"
 
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -66,6 +67,10 @@ class FakeTask final : public BatchTask {
     inline_ = true;
     return *this;
   }
+  FakeTask& MaxBatchRows(int64_t rows) {
+    max_batch_rows_ = rows;
+    return *this;
+  }
 
   Op op() const override { return Op::kRmsNorm; }
   const std::string& key() const override { return key_; }
@@ -73,6 +78,7 @@ class FakeTask final : public BatchTask {
   BatchClock::time_point deadline() const override { return deadline_; }
   absl::Status CheckAlive() override { return alive_; }
   bool runs_inline() const override { return inline_; }
+  int64_t max_batch_rows() const override { return max_batch_rows_; }
 
   absl::Status LaunchBatch(std::span<BatchTask* const> batch) override {
     std::vector<int> ids;
@@ -103,6 +109,7 @@ class FakeTask final : public BatchTask {
   BatchClock::time_point deadline_ = BatchClock::time_point::max();
   bool bad_ = false;
   bool inline_ = false;
+  int64_t max_batch_rows_ = std::numeric_limits<int64_t>::max();
 };
 
 Batcher::Options TestOptions() {
@@ -352,6 +359,28 @@ TEST(Batcher, LaunchesAtMaxBatchRowsWithoutWaitingForTheDelay) {
   log.WaitDone(4);
   absl::MutexLock lock(&log.mu);
   EXPECT_THAT(log.launches, ElementsAre(ElementsAre(1, 2), ElementsAre(3, 4)));
+}
+
+TEST(Batcher, AKeysOwnRowLimitCapsItsLaunchesBelowMaxBatchRows) {
+  Log log;
+  absl::Notification gate;
+  Batcher::Options options = TestOptions();
+  options.max_inflight_per_key = 1;
+  Batcher batcher(options);
+  auto first = Task(1, "linear", &log);
+  first->MaxBatchRows(2).BlockOn(&gate);
+  ASSERT_TRUE(Schedule(batcher, std::move(first)).ok());
+  log.WaitLaunches(1);
+  for (int id = 2; id <= 6; ++id) {
+    auto task = Task(id, "linear", &log);
+    task->MaxBatchRows(2);
+    ASSERT_TRUE(Schedule(batcher, std::move(task)).ok());
+  }
+  gate.Notify();
+  log.WaitDone(6);
+  absl::MutexLock lock(&log.mu);
+  EXPECT_THAT(log.launches,
+              ElementsAre(ElementsAre(1), ElementsAre(2, 3), ElementsAre(4, 5), ElementsAre(6)));
 }
 
 TEST(Batcher, AnInlineTaskOfAnIdleKeyRunsOnTheSchedulingThread) {

@@ -89,6 +89,15 @@ struct LinearArgs {
 };
 absl::StatusOr<OutputSpec> CheckLinear(const LinearArgs& args);
 absl::Status Linear(const ExecContext& ctx, const LinearArgs& args, const TensorView& output);
+// Rows up to which Linear on `backend` computes each output row from its
+// own input row alone, with the same bits whatever the row count (given
+// checked args, the input 16-byte aligned as staged inputs are): up to
+// that many rows of several calls may then run as one launch. 0 where no
+// such bound holds: on the CPU (OpenBLAS blocks by M) and for float
+// weights on a GPU (cuBLAS chooses its kernel by M). On a GPU, int8
+// weights on the W8A16 small-M kernel: 32 (tests/kernels/cuda_linear_test
+// checks rows 1..31 against 32 bit for bit).
+int64_t LinearBatchInvariantRows(Backend backend, const LinearArgs& args);
 
 // -------------------------------------------------------------------- Ffn
 struct FfnArgs {
