@@ -10,7 +10,8 @@
 #   bench/device_run.sh channels # stream and unary at c=64 over 4-64 connections
 #                               # (CHANNELS: the counts; SWEEP_FLAGS), server and echo
 #   bench/device_run.sh linear  # one-row W8A16 Linear, batching on vs off vs echo
-#                               # (LINEAR_N: output features, default 11008)
+#                               # (LINEAR_N: output features, default 11008;
+#                               # LINEAR_OP=ffn: the Ffn block, LINEAR_N its I)
 #   bench/device_run.sh latency # c=1 single rows: where a request's time goes
 #                               # (server means per phase), inline on/off, echo
 # Logs and JSON go to $OUT (the device tool's output folder) or ./device_out.
@@ -71,8 +72,9 @@ channel_sweep() {
 }
 
 # Batching where the GPU does real work per row: one-row W8A16 Linear
-# (bf16 [1, 4096] x int8 [11008, 4096], 8.5-18.5 us of kernel alone),
-# batching on against --batching=false and the echo of the same payloads.
+# (bf16 [1, 4096] x int8 [11008, 4096], 18.5 us of kernel alone) or Ffn
+# (LINEAR_OP=ffn: three such projections), batching on against
+# --batching=false and the echo of the same payloads.
 linear_batching() {
   serve /tmp/lon "$bin/accel-server" --grpc_address=127.0.0.1:0 --metrics_address=127.0.0.1:0
   local on_pid=$served_pid on="--target=$grpc --metrics=$metrics"
@@ -85,13 +87,14 @@ linear_batching() {
   for run in "unary 1 1" "unary 64 4" "unary 256 4" "stream 64 4"; do
     set -- $run
     for side in on off echo_srv; do
-      flags="${!side} --op=linear --rows=1 --width=4096 --out_features=${LINEAR_N:-11008}"
+      flags="${!side} --op=${LINEAR_OP:-linear} --rows=1 --width=4096"
+      flags="$flags --out_features=${LINEAR_N:-11008}"
       flags="$flags --dtype=bf16 --concurrency=$2 --channels=$3 --duration_s=3 --warmup_s=1"
       [ "$1" = stream ] && flags="$flags --stream"
       "$bin/load_gen" $flags --json=/tmp/lin.json > /dev/null
       python3 -c "import json;d=json.load(open('/tmp/lin.json'));print('$1-c$2-${side%_srv}', round(d['qps']), round(d['p50_us']), round(d['p99_us']), d.get('rows_per_launch'))"
     done
-  done | tee "$out/linear_batching.txt"
+  done | tee "$out/${LINEAR_OP:-linear}_batching.txt"
   kill -TERM $on_pid $off_pid $echo_pid; wait $on_pid $off_pid $echo_pid
 }
 

@@ -40,6 +40,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <arpa/inet.h>
@@ -73,9 +74,12 @@ ABSL_FLAG(std::string, echo_target, "",
 ABSL_FLAG(bool, serve_echo, false,
           "Only serve the echo service on 127.0.0.1:0: print 'listening grpc=HOST:PORT' and run "
           "until SIGTERM or SIGINT");
-ABSL_FLAG(std::string, op, "rms_norm", "rms_norm, swiglu, linear or echo (echo implies --echo)");
+ABSL_FLAG(std::string, op, "rms_norm",
+          "rms_norm, swiglu, linear, ffn or echo (echo implies --echo)");
 ABSL_FLAG(int64_t, out_features, 4096,
-          "linear: output features N of the resident int8 weight [N, --width] (per-row scales)");
+          "linear: output features N of the resident int8 weight [N, --width]; ffn: the "
+          "intermediate size I of its int8 weights (gate and up [I, --width], down [--width, I]); "
+          "per-row scales");
 ABSL_FLAG(int64_t, rows, 1, "Rows of each request's input");
 ABSL_FLAG(int64_t, width, 4096, "Last dimension of each request's input");
 ABSL_FLAG(std::string, dtype, "bf16", "bf16, fp16 or fp32");
@@ -475,8 +479,8 @@ int Run() {
   const std::string op =
       absl::GetFlag(FLAGS_op) == "echo" ? std::string("rms_norm") : absl::GetFlag(FLAGS_op);
   const bool echo = absl::GetFlag(FLAGS_echo) || absl::GetFlag(FLAGS_op) == "echo";
-  if (op != "rms_norm" && op != "swiglu" && op != "linear") {
-    std::cerr << "--op: expected rms_norm, swiglu, linear or echo\n";
+  if (op != "rms_norm" && op != "swiglu" && op != "linear" && op != "ffn") {
+    std::cerr << "--op: expected rms_norm, swiglu, linear, ffn or echo\n";
     return 2;
   }
   const kernels::DType dtype = ParseDType(absl::GetFlag(FLAGS_dtype));
@@ -498,9 +502,16 @@ int Run() {
   v1::RmsNormRequest rms_norm;
   v1::SwiGluRequest swiglu;
   v1::LinearRequest linear;
+  v1::FfnRequest ffn;
   const int64_t out_features = absl::GetFlag(FLAGS_out_features);
   int64_t request_bytes = 0, response_bytes = 0;
-  if (op == "linear") {
+  if (op == "ffn") {
+    *ffn.mutable_input()->mutable_value() = random_tensor();
+    ffn.set_w_gate("bench.ffn.gate");
+    ffn.set_w_up("bench.ffn.up");
+    ffn.set_w_down("bench.ffn.down");
+    request_bytes = response_bytes = ffn.input().value().data().size();
+  } else if (op == "linear") {
     *linear.mutable_input()->mutable_value() = random_tensor();
     linear.set_weight("bench.linear.weight");
     request_bytes = linear.input().value().data().size();
@@ -544,7 +555,7 @@ int Run() {
       return 1;
     }
     target = absl::StrCat("127.0.0.1:", port);
-  } else if (op == "rms_norm" || op == "linear") {
+  } else if (op != "swiglu") {
     // The weight stays resident, as a model's weights do.
     Client client(target);
     if (absl::Status s = client.WaitForConnected(std::chrono::seconds(10)); !s.ok()) {
@@ -560,17 +571,24 @@ int Run() {
                         /*overwrite=*/true)
                    .status();
     } else {
-      // A float weight, quantized to int8 in place (per-row scales).
-      std::vector<float> w(static_cast<size_t>(out_features * width));
-      for (float& v : w) v = 0.05f * dist(rng);
-      loaded = client
-                   .Put("bench.linear.weight", MakeFloatTensor(dtype, {out_features, width}, w),
-                        /*overwrite=*/true)
-                   .status();
-      if (loaded.ok()) {
+      // Float weights, quantized to int8 in place (per-row scales).
+      std::vector<std::tuple<std::string, int64_t, int64_t>> weights;
+      if (op == "linear") {
+        weights = {{"bench.linear.weight", out_features, width}};
+      } else {
+        weights = {{"bench.ffn.gate", out_features, width},
+                   {"bench.ffn.up", out_features, width},
+                   {"bench.ffn.down", width, out_features}};
+      }
+      for (const auto& [name, n, k] : weights) {
+        std::vector<float> w(static_cast<size_t>(n * k));
+        for (float& v : w) v = 0.05f * dist(rng);
+        loaded = client.Put(name, MakeFloatTensor(dtype, {n, k}, w), /*overwrite=*/true).status();
+        if (!loaded.ok()) break;
         v1::QuantizeWeightRequest quantize;
-        quantize.set_source("bench.linear.weight");
+        quantize.set_source(name);
         loaded = client.QuantizeWeight(quantize).status();
+        if (!loaded.ok()) break;
       }
     }
     if (!loaded.ok()) {
@@ -615,6 +633,11 @@ int Run() {
         issue = [stub = echo_stubs[c].get(), &echo_request, response](auto* ctx, auto done) {
           stub->async()->Echo(ctx, &echo_request, response.get(), std::move(done));
         };
+      } else if (op == "ffn") {
+        auto response = std::make_shared<v1::FfnResponse>();
+        issue = [stub = ops_stubs[c].get(), &ffn, response](auto* ctx, auto done) {
+          stub->async()->Ffn(ctx, &ffn, response.get(), std::move(done));
+        };
       } else if (op == "linear") {
         auto response = std::make_shared<v1::LinearResponse>();
         issue = [stub = ops_stubs[c].get(), &linear, response](auto* ctx, auto done) {
@@ -647,7 +670,9 @@ int Run() {
         std::vector<v1::StreamRequest> requests(slots);
         for (int s = 0; s < slots; ++s) {
           requests[s].set_id(s);
-          if (op == "linear") {
+          if (op == "ffn") {
+            *requests[s].mutable_ffn() = ffn;
+          } else if (op == "linear") {
             *requests[s].mutable_linear() = linear;
           } else if (op == "rms_norm") {
             *requests[s].mutable_rms_norm() = rms_norm;

@@ -2,6 +2,7 @@
 // the only place that chooses between the CPU and the CUDA kernels.
 #include "accel/kernels/ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -258,6 +259,15 @@ absl::StatusOr<OutputSpec> CheckFfn(const FfnArgs& args) {
   RETURN_IF_ERROR(CheckBias("b_up", args.b_up, i, gate_i));
   RETURN_IF_ERROR(CheckBias("b_down", args.b_down, h, input_h));
   return OutputSpec{args.input.dtype, args.input.shape};
+}
+
+int64_t FfnBatchInvariantRows(Backend backend, const FfnArgs& args) {
+  // One row of each projection's input: only dtype and width matter.
+  const ConstTensorView row_h{args.input.dtype, {1, args.input.last_dim()}, args.input.data};
+  const ConstTensorView row_i{args.input.dtype, {1, args.w_gate.values.shape[0]}, args.input.data};
+  return std::min({LinearBatchInvariantRows(backend, {row_h, args.w_gate, args.b_gate}),
+                   LinearBatchInvariantRows(backend, {row_h, args.w_up, args.b_up}),
+                   LinearBatchInvariantRows(backend, {row_i, args.w_down, args.b_down})});
 }
 
 absl::Status Ffn(const ExecContext& ctx, const FfnArgs& args, const TensorView& output) {

@@ -41,6 +41,10 @@ bool RowsCanBatch(const OpEnv& env, const ConstTensorView& main, int64_t result_
   return main.rank() >= 1 && main.num_elements() > 0 && result_bytes <= env.max_message_bytes;
 }
 
+int64_t ResultBytes(const OutputSpec& spec) {
+  return kernels::NumElements(spec.shape) * static_cast<int64_t>(kernels::ItemSize(spec.dtype));
+}
+
 template <typename Item>
 int64_t TotalRows(std::span<Item* const> items) {
   int64_t rows = 0;
@@ -527,10 +531,8 @@ absl::StatusOr<LinearItem> PrepareLinear(const OpEnv& env, const v1::LinearReque
   // Only where the kernel gives every row the same bits in a launch of up
   // to `invariant` rows as alone (int8 weights on a GPU).
   const int64_t invariant = kernels::LinearBatchInvariantRows(env.device->backend(), item.args);
-  const int64_t result_bytes = kernels::NumElements(item.spec.shape) *
-                               static_cast<int64_t>(kernels::ItemSize(item.spec.dtype));
   if (invariant > 0 && item.rows <= invariant && Inline(item.input) && req.output_name().empty() &&
-      RowsCanBatch(env, x, result_bytes)) {
+      RowsCanBatch(env, x, ResultBytes(item.spec))) {
     item.max_batch_rows = invariant;
     item.key =
         absl::StrCat("linear/", static_cast<int>(x.dtype), "/", x.last_dim(), "/",
@@ -557,6 +559,70 @@ absl::Status LaunchLinear(const OpEnv& env, std::span<LinearItem* const> items) 
                                                 i.resp->mutable_output()};
                    }));
   RETURN_IF_ERROR(kernels::Linear(scope.ctx(), args, output.view()));
+  RETURN_IF_ERROR(scope.Finish());
+  return output.Commit();
+}
+
+// --------------------------------------------------------------------- Ffn
+
+absl::StatusOr<FfnItem> PrepareFfn(const OpEnv& env, const v1::FfnRequest& req,
+                                   v1::FfnResponse* resp) {
+  const TensorStore& store = *env.store;
+  FfnItem item;
+  item.req = &req;
+  item.resp = resp;
+  ASSIGN_OR_RETURN(item.input, ResolveInput(req.input(), "input", store));
+  ASSIGN_OR_RETURN(item.w_gate, ResolveWeight(req.w_gate(), "w_gate", store));
+  ASSIGN_OR_RETURN(item.w_up, ResolveWeight(req.w_up(), "w_up", store));
+  ASSIGN_OR_RETURN(item.w_down, ResolveWeight(req.w_down(), "w_down", store));
+  ASSIGN_OR_RETURN(item.b_gate, ResolveOptionalBias(req.b_gate(), "b_gate", store));
+  ASSIGN_OR_RETURN(item.b_up, ResolveOptionalBias(req.b_up(), "b_up", store));
+  ASSIGN_OR_RETURN(item.b_down, ResolveOptionalBias(req.b_down(), "b_down", store));
+  kernels::FfnArgs& args = item.args;
+  args.input = item.input.view;
+  args.w_gate = item.w_gate.view;
+  args.w_up = item.w_up.view;
+  args.w_down = item.w_down.view;
+  if (item.b_gate.has_value()) args.b_gate = item.b_gate->view;
+  if (item.b_up.has_value()) args.b_up = item.b_up->view;
+  if (item.b_down.has_value()) args.b_down = item.b_down->view;
+  ASSIGN_OR_RETURN(item.spec, kernels::CheckFfn(args));
+
+  const ConstTensorView& x = item.input.view;
+  item.rows = x.rows();
+  const int64_t invariant = kernels::FfnBatchInvariantRows(env.device->backend(), args);
+  if (invariant > 0 && item.rows <= invariant && Inline(item.input) && req.output_name().empty() &&
+      RowsCanBatch(env, x, ResultBytes(item.spec))) {
+    item.max_batch_rows = invariant;
+    auto bias = [](const std::string& name, const std::optional<ResolvedInput>& b) {
+      return b.has_value() ? Identity(name, b->resident.get()) : std::string();
+    };
+    item.key = absl::StrCat("ffn/", static_cast<int>(x.dtype), "/", x.last_dim(), "/",
+                            Identity(req.w_gate(), item.w_gate.resident.get()), "/",
+                            Identity(req.w_up(), item.w_up.resident.get()), "/",
+                            Identity(req.w_down(), item.w_down.resident.get()), "/",
+                            bias(req.b_gate(), item.b_gate), "/", bias(req.b_up(), item.b_up), "/",
+                            bias(req.b_down(), item.b_down));
+  }
+  return item;
+}
+
+absl::Status LaunchFfn(const OpEnv& env, std::span<FfnItem* const> items) {
+  const FfnItem& first = *items[0];
+  const Shape shape = items.size() == 1 ? first.args.input.shape
+                                        : Shape{TotalRows(items), first.args.input.last_dim()};
+  CallScope scope(*env.device, env.metrics, Op::kFfn);
+  kernels::FfnArgs args = first.args;
+  ASSIGN_OR_RETURN(args.input,
+                   BatchInput(scope, items, shape, [](const FfnItem& i) { return i.input; }));
+  // The output has the input's shape.
+  ASSIGN_OR_RETURN(
+      BatchOutput output,
+      BatchOutput::Make(env, scope, items, OutputSpec{first.spec.dtype, shape}, [](FfnItem& i) {
+        return BatchOutput::Target{i.req->output_name(), "output_name", i.spec,
+                                   i.resp->mutable_output()};
+      }));
+  RETURN_IF_ERROR(kernels::Ffn(scope.ctx(), args, output.view()));
   RETURN_IF_ERROR(scope.Finish());
   return output.Commit();
 }
@@ -669,6 +735,9 @@ absl::Status RunDequantize(const OpEnv& env, const v1::DequantizeRequest& req,
 }
 absl::Status RunLinear(const OpEnv& env, const v1::LinearRequest& req, v1::LinearResponse* resp) {
   return RunAlone<LinearOp>(env, req, resp);
+}
+absl::Status RunFfn(const OpEnv& env, const v1::FfnRequest& req, v1::FfnResponse* resp) {
+  return RunAlone<FfnOp>(env, req, resp);
 }
 
 // ------------------------------------------------------------------ Submit

@@ -1,4 +1,5 @@
-// The batchable ops (RmsNorm, SwiGlu, Rope, Quantize, Dequantize, Linear) split in
+// The batchable ops (RmsNorm, SwiGlu, Rope, Quantize, Dequantize, Linear,
+// Ffn) split in
 // two: Prepare decodes and validates one request (on the gRPC thread) into
 // an Item that holds its views and its batch key; Launch runs one or more
 // Items of one key as one kernel launch over their concatenated rows and
@@ -16,12 +17,12 @@
 // gets no key, and runs alone, when it names an output (results stay
 // resident per request), passes a weight/cache inline, sends its main
 // inputs by name, asks for per-tensor Quantize (one scale over the whole
-// request), or is empty. Linear is batched only where its kernel computes
-// every row alone for any row count up to a bound
-// (kernels::LinearBatchInvariantRows: int8 weights on a GPU, up to 32 rows
-// per launch); elsewhere OpenBLAS and cuBLAS choose kernels and blocking by
-// M, so a row's result could change with the batch size: those Linear
-// calls, and every Ffn, run alone.
+// request), or is empty. Linear and Ffn are batched only where their
+// kernels compute every row alone for any row count up to a bound
+// (kernels::LinearBatchInvariantRows, FfnBatchInvariantRows: int8 weights
+// on a GPU, up to 32 rows per launch); elsewhere OpenBLAS and cuBLAS
+// choose kernels and blocking by M, so a row's result could change with
+// the batch size: those calls run alone.
 //
 // OpTask wraps an Item as a BatchTask for the Batcher; SubmitTask hands it
 // to the Batcher (with a key) or the executor (alone).
@@ -137,6 +138,19 @@ absl::StatusOr<LinearItem> PrepareLinear(const OpEnv& env, const v1::LinearReque
                                          v1::LinearResponse* resp);
 absl::Status LaunchLinear(const OpEnv& env, std::span<LinearItem* const> items);
 
+struct FfnItem : ItemBase {
+  const v1::FfnRequest* req = nullptr;
+  v1::FfnResponse* resp = nullptr;
+  ResolvedInput input;
+  ResolvedWeight w_gate, w_up, w_down;
+  std::optional<ResolvedInput> b_gate, b_up, b_down;
+  kernels::FfnArgs args;
+  kernels::OutputSpec spec;
+};
+absl::StatusOr<FfnItem> PrepareFfn(const OpEnv& env, const v1::FfnRequest& req,
+                                   v1::FfnResponse* resp);
+absl::Status LaunchFfn(const OpEnv& env, std::span<FfnItem* const> items);
+
 // Ties an op's request, response, item and functions together for OpTask.
 #define ACCEL_BATCH_OP(Name, Request_, Response_, Item_, kOp_, PrepareFn, LaunchFn)             \
   struct Name {                                                                                 \
@@ -161,6 +175,7 @@ ACCEL_BATCH_OP(QuantizeOp, v1::QuantizeRequest, v1::QuantizeResponse, QuantizeIt
                PrepareQuantize, LaunchQuantize)
 ACCEL_BATCH_OP(LinearOp, v1::LinearRequest, v1::LinearResponse, LinearItem, Op::kLinear,
                PrepareLinear, LaunchLinear)
+ACCEL_BATCH_OP(FfnOp, v1::FfnRequest, v1::FfnResponse, FfnItem, Op::kFfn, PrepareFfn, LaunchFfn)
 ACCEL_BATCH_OP(DequantizeOp, v1::DequantizeRequest, v1::DequantizeResponse, DequantizeItem,
                Op::kDequantize, PrepareDequantize, LaunchDequantize)
 #undef ACCEL_BATCH_OP

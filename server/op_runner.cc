@@ -22,36 +22,6 @@ constexpr double kDefaultRopeBase = 10000.0;
 
 }  // namespace
 
-absl::Status RunFfn(const OpEnv& env, const v1::FfnRequest& req, v1::FfnResponse* resp) {
-  const TensorStore& store = *env.store;
-  ASSIGN_OR_RETURN(ResolvedInput input, ResolveInput(req.input(), "input", store));
-  ASSIGN_OR_RETURN(ResolvedWeight w_gate, ResolveWeight(req.w_gate(), "w_gate", store));
-  ASSIGN_OR_RETURN(ResolvedWeight w_up, ResolveWeight(req.w_up(), "w_up", store));
-  ASSIGN_OR_RETURN(ResolvedWeight w_down, ResolveWeight(req.w_down(), "w_down", store));
-  ASSIGN_OR_RETURN(std::optional<ResolvedInput> b_gate,
-                   ResolveOptionalBias(req.b_gate(), "b_gate", store));
-  ASSIGN_OR_RETURN(std::optional<ResolvedInput> b_up,
-                   ResolveOptionalBias(req.b_up(), "b_up", store));
-  ASSIGN_OR_RETURN(std::optional<ResolvedInput> b_down,
-                   ResolveOptionalBias(req.b_down(), "b_down", store));
-  kernels::FfnArgs args;
-  args.input = input.view;
-  args.w_gate = w_gate.view;
-  args.w_up = w_up.view;
-  args.w_down = w_down.view;
-  if (b_gate.has_value()) args.b_gate = b_gate->view;
-  if (b_up.has_value()) args.b_up = b_up->view;
-  if (b_down.has_value()) args.b_down = b_down->view;
-  ASSIGN_OR_RETURN(OutputSpec spec, kernels::CheckFfn(args));
-  CallScope scope(*env.device, env.metrics, Op::kFfn);
-  ASSIGN_OR_RETURN(args.input, StageInput(scope, input));
-  ASSIGN_OR_RETURN(OutputSlot output, OutputSlot::Make(env, scope, req.output_name(), "output_name",
-                                                       spec, resp->mutable_output()));
-  RETURN_IF_ERROR(kernels::Ffn(scope.ctx(), args, output.view()));
-  RETURN_IF_ERROR(scope.Finish());
-  return output.Commit();
-}
-
 absl::Status RunQuantizationError(const OpEnv& env, const v1::QuantizationErrorRequest& req,
                                   v1::QuantizationErrorResponse* resp) {
   ASSIGN_OR_RETURN(ResolvedInput original, ResolveInput(req.original(), "original", *env.store));

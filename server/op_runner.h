@@ -2,7 +2,7 @@
 // and fill the response (or keep the result resident). The unary handlers
 // and the Stream RPC both call these, on an executor thread, so an op has
 // exactly one implementation on the server side. The batchable ones
-// (RmsNorm, SwiGlu, Rope, Quantize, Dequantize, Linear) are implemented in
+// (RmsNorm, SwiGlu, Rope, Quantize, Dequantize, Linear, Ffn) are implemented in
 // batch_ops.cc as a launch of one request, the same code a batch runs.
 //
 // Each function is synchronous and thread-safe; concurrent calls share only

@@ -109,6 +109,9 @@ absl::Status StreamReactor::ScheduleBatched(std::shared_ptr<const v1::StreamRequ
     case v1::StreamRequest::kLinear:
       return SubmitStreamOp<LinearOp>(service_, call_, request->linear(), out->mutable_linear(),
                                       std::move(done));
+    case v1::StreamRequest::kFfn:
+      return SubmitStreamOp<FfnOp>(service_, call_, request->ffn(), out->mutable_ffn(),
+                                   std::move(done));
     default:
       return absl::InternalError("ScheduleBatched: not a batchable op");
   }
@@ -122,6 +125,7 @@ bool StreamReactor::Batchable(const v1::StreamRequest& request) {
     case v1::StreamRequest::kQuantize:
     case v1::StreamRequest::kDequantize:
     case v1::StreamRequest::kLinear:
+    case v1::StreamRequest::kFfn:
       return true;
     default:
       return false;

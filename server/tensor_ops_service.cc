@@ -153,7 +153,7 @@ grpc::ServerUnaryReactor* TensorOpsService::RunBatched(grpc::CallbackServerConte
 ACCEL_BATCHED_HANDLER(RmsNorm, v1::RmsNormRequest, v1::RmsNormResponse, RmsNormOp, RunRmsNorm)
 ACCEL_BATCHED_HANDLER(SwiGlu, v1::SwiGluRequest, v1::SwiGluResponse, SwiGluOp, RunSwiGlu)
 ACCEL_BATCHED_HANDLER(Linear, v1::LinearRequest, v1::LinearResponse, LinearOp, RunLinear)
-ACCEL_OP_HANDLER(Ffn, v1::FfnRequest, v1::FfnResponse, RunFfn)
+ACCEL_BATCHED_HANDLER(Ffn, v1::FfnRequest, v1::FfnResponse, FfnOp, RunFfn)
 ACCEL_BATCHED_HANDLER(Rope, v1::RopeRequest, v1::RopeResponse, RopeOp, RunRope)
 ACCEL_OP_HANDLER(BuildRopeCache, v1::BuildRopeCacheRequest, v1::TensorInfo, RunBuildRopeCache)
 ACCEL_BATCHED_HANDLER(Quantize, v1::QuantizeRequest, v1::QuantizeResponse, QuantizeOp, RunQuantize)

@@ -118,6 +118,17 @@ std::vector<v1::StreamRequest> RandomRequests(uint32_t seed) {
       if (i % 2 == 1) op.set_bias("linear.b");
       requests.push_back(r);
     }
+    // Ffn on int8 weights (batched on a GPU only, like Linear).
+    for (int i = 0; i < 4; ++i) {
+      v1::StreamRequest r;
+      r.set_id(id++);
+      v1::FfnRequest& op = *r.mutable_ffn();
+      *op.mutable_input() = InlineRef(floats(dtype, {uniform(1, 4), 64}, 2.0f));
+      op.set_w_gate("ffn.gate");
+      op.set_w_up("ffn.up");
+      op.set_w_down("ffn.down");
+      requests.push_back(r);
+    }
     // Dequantize per row (int8 values, fp32 scales) to this dtype.
     for (int i = 0; i < 6; ++i) {
       v1::StreamRequest r;
@@ -165,6 +176,9 @@ v1::StreamResponse CallUnary(Client& client, const v1::StreamRequest& r) {
     case v1::StreamRequest::kLinear:
       take(client.Linear(r.linear()), out.mutable_linear());
       break;
+    case v1::StreamRequest::kFfn:
+      take(client.Ffn(r.ffn()), out.mutable_ffn());
+      break;
     default:
       ADD_FAILURE() << "unexpected op";
   }
@@ -201,9 +215,18 @@ class BatchingTest : public ::testing::Test {
           client
               .Put("linear.w", MakeFloatTensor(DType::kFloat32, {48, 64}, RandomFloats(48 * 64, 5)))
               .ok());
-      v1::QuantizeWeightRequest quantize;
-      quantize.set_source("linear.w");
-      ASSERT_TRUE(client.QuantizeWeight(quantize).ok());
+      for (auto [name, rows, cols] : {std::tuple{"ffn.gate", 96, 64}, std::tuple{"ffn.up", 96, 64},
+                                      std::tuple{"ffn.down", 64, 96}}) {
+        ASSERT_TRUE(client
+                        .Put(name, MakeFloatTensor(DType::kFloat32, {rows, cols},
+                                                   RandomFloats(rows * cols, rows + cols, 0.2f)))
+                        .ok());
+      }
+      for (const char* name : {"linear.w", "ffn.gate", "ffn.up", "ffn.down"}) {
+        v1::QuantizeWeightRequest quantize;
+        quantize.set_source(name);
+        ASSERT_TRUE(client.QuantizeWeight(quantize).ok()) << name;
+      }
       ASSERT_TRUE(
           client.Put("linear.b", MakeFloatTensor(DType::kBFloat16, {48}, RandomFloats(48, 6)))
               .ok());
@@ -254,20 +277,22 @@ class BatchingTest : public ::testing::Test {
     return want;
   }
 
-  // Every op of kOps shared some launch; Linear did on a GPU only (its
-  // CPU kernel's results may depend on the row count).
+  // Every op of kOps shared some launch; Linear and Ffn did on a GPU only
+  // (on the CPU their results may depend on the row count).
   void ExpectBatched() {
     const std::string metrics = ScrapeMetrics(servers_[0]->metrics_port());
     for (const std::string& op : kOps) {
       const auto [requests, launches] = BatchRequests(metrics, op);
       EXPECT_GT(requests, launches) << op << ": no launch held more than one request";
     }
-    const auto [requests, launches] = BatchRequests(metrics, "linear");
-    EXPECT_GT(launches, 0);
-    if (cuda_) {
-      EXPECT_GT(requests, launches) << "linear: no launch held more than one request";
-    } else {
-      EXPECT_EQ(requests, launches) << "linear: batched on the CPU";
+    for (const std::string op : {"linear", "ffn"}) {
+      const auto [requests, launches] = BatchRequests(metrics, op);
+      EXPECT_GT(launches, 0) << op;
+      if (cuda_) {
+        EXPECT_GT(requests, launches) << op << ": no launch held more than one request";
+      } else {
+        EXPECT_EQ(requests, launches) << op << ": batched on the CPU";
+      }
     }
   }
 

@@ -434,6 +434,25 @@ TEST(LinearBatchInvariantRows, OnlyInt8WeightsOnAGpuUpTo32Rows) {
             0);
 }
 
+// The block batches where all three projections do.
+TEST(FfnBatchInvariantRows, TheSmallestBoundOfItsThreeProjections) {
+  HostTensor x = T(DType::kBFloat16, {1, 64});
+  HostTensor w_in = T(DType::kInt8, {96, 64}), s_in = T(DType::kFloat32, {96});
+  HostTensor w_out = T(DType::kInt8, {64, 96}), s_out = T(DType::kFloat32, {64});
+  HostTensor w_out_float = T(DType::kBFloat16, {64, 96});
+  const WeightView in{w_in.view(), s_in.view()};
+#if ACCEL_WITH_CUDA
+  const int64_t on_gpu = 32;
+#else
+  const int64_t on_gpu = 0;
+#endif
+  const FfnArgs int8{x.view(), in, in, {w_out.view(), s_out.view()}};
+  EXPECT_EQ(FfnBatchInvariantRows(Backend::kCuda, int8), on_gpu);
+  EXPECT_EQ(FfnBatchInvariantRows(Backend::kCpu, int8), 0);
+  // A float down projection goes through cuBLAS.
+  EXPECT_EQ(FfnBatchInvariantRows(Backend::kCuda, {x.view(), in, in, {w_out_float.view()}}), 0);
+}
+
 // -------------------------------------------------------------- CUDA seam
 
 TEST(Backend, CudaIsUnimplementedWithoutACudaBuild) {

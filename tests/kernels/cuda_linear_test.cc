@@ -377,6 +377,57 @@ TEST_F(CudaTest, LinearWithKZeroGivesBias) {
 
 // --------------------------------------------------------------------- Ffn
 
+// What lets the server batch one-row Ffn calls on a GPU
+// (FfnBatchInvariantRows): with int8 weights every row of a 32-row call has
+// the bits of the same rows run alone (three W8A16 small-M GEMMs and the
+// elementwise SwiGLU, each row computed from itself).
+TEST_F(CudaTest, FfnRowsAreBatchInvariantWithInt8Weights) {
+  for (WeightKind kind : {WeightKind::kInt8PerRow, WeightKind::kInt8PerTensor}) {
+    for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
+      for (bool with_bias : {false, true}) {
+        const uint64_t seed = testing::NewSeed();
+        std::mt19937_64 rng(seed);
+        const int64_t m = 32, h = 208, inter = 1040;
+        HostTensor x = testing::RandomTensor(dtype, {m, h}, rng);
+        CudaTestWeight wg = MakeDeviceWeight(kind, dtype, inter, h, rng);
+        CudaTestWeight wu = MakeDeviceWeight(kind, dtype, inter, h, rng);
+        CudaTestWeight wd = MakeDeviceWeight(kind, dtype, h, inter, rng);
+        HostTensor bg = testing::RandomTensor(DType::kFloat32, {inter}, rng);
+        HostTensor bu = testing::RandomTensor(dtype, {inter}, rng);
+        HostTensor bd = testing::RandomTensor(DType::kBFloat16, {h}, rng);
+        DeviceTensor dx(x), dbg(bg), dbu(bu), dbd(bd);
+        FfnArgs args{dx.view(),    wg.device_view(), wu.device_view(), wd.device_view(),
+                     std::nullopt, std::nullopt,     std::nullopt};
+        if (with_bias) {
+          args.b_gate = dbg.view();
+          args.b_up = dbu.view();
+          args.b_down = dbd.view();
+        }
+        ASSERT_EQ(FfnBatchInvariantRows(Backend::kCuda, args), 32);
+        DeviceScratch scratch;
+        DeviceTensor full(dtype, {m, h});
+        ASSERT_TRUE(Ffn(Ctx(&scratch), args, full.mut()).ok());
+        std::vector<HostTensor> parts;
+        for (int64_t rows : {1, 3, 8, 9, 16, 17, 31}) {
+          FfnArgs alone = args;
+          alone.input = ConstTensorView{dtype, {rows, h}, dx.data()};
+          DeviceTensor out(dtype, {rows, h});
+          ASSERT_TRUE(Ffn(Ctx(&scratch), alone, out.mut()).ok());
+          ASSERT_TRUE(Sync());
+          parts.push_back(out.ToHost());
+        }
+        ASSERT_TRUE(Sync());
+        const HostTensor all = full.ToHost();
+        for (const HostTensor& part : parts) {
+          EXPECT_EQ(std::memcmp(part.data(), all.data(), part.shape[0] * h * ItemSize(dtype)), 0)
+              << "seed=" << seed << " dtype=" << DTypeName(dtype) << " kind=" << KindName(kind)
+              << " bias=" << with_bias << " rows=" << part.shape[0];
+        }
+      }
+    }
+  }
+}
+
 struct FfnCase {
   int64_t m, h, i;
 };

@@ -110,6 +110,10 @@ struct FfnArgs {
 };
 absl::StatusOr<OutputSpec> CheckFfn(const FfnArgs& args);
 absl::Status Ffn(const ExecContext& ctx, const FfnArgs& args, const TensorView& output);
+// As LinearBatchInvariantRows, for the whole block (checked args): three
+// Linear calls and an elementwise SwiGLU per row, so the smallest bound of
+// the three (the down projection reads the intermediate in the input dtype).
+int64_t FfnBatchInvariantRows(Backend backend, const FfnArgs& args);
 
 // ------------------------------------------------------------------- Rope
 enum class RopeStyle { kInterleaved = 0, kHalfSplit = 1 };
