@@ -11,7 +11,8 @@
 #                               # (CHANNELS: the counts; SWEEP_FLAGS), server and echo
 #   bench/device_run.sh linear  # one-row W8A16 Linear, batching on vs off vs echo
 #                               # (LINEAR_N: output features, default 11008;
-#                               # LINEAR_OP=ffn: the Ffn block, LINEAR_N its I)
+#                               # LINEAR_OP=ffn: the Ffn block, LINEAR_N its I;
+#                               # SWEEP_FLAGS: more flags for the batching server)
 #   bench/device_run.sh latency # c=1 single rows: where a request's time goes
 #                               # (server means per phase), inline on/off, echo
 # Logs and JSON go to $OUT (the device tool's output folder) or ./device_out.
@@ -76,7 +77,8 @@ channel_sweep() {
 # (LINEAR_OP=ffn: three such projections), batching on against
 # --batching=false and the echo of the same payloads.
 linear_batching() {
-  serve /tmp/lon "$bin/accel-server" --grpc_address=127.0.0.1:0 --metrics_address=127.0.0.1:0
+  serve /tmp/lon "$bin/accel-server" --grpc_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 \
+    ${SWEEP_FLAGS:-}
   local on_pid=$served_pid on="--target=$grpc --metrics=$metrics"
   serve /tmp/loff "$bin/accel-server" --grpc_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 \
     --batching=false
@@ -94,7 +96,7 @@ linear_batching() {
       "$bin/load_gen" $flags --json=/tmp/lin.json > /dev/null
       python3 -c "import json;d=json.load(open('/tmp/lin.json'));print('$1-c$2-${side%_srv}', round(d['qps']), round(d['p50_us']), round(d['p99_us']), d.get('rows_per_launch'))"
     done
-  done | tee "$out/${LINEAR_OP:-linear}_batching.txt"
+  done | tee "$out/${LINEAR_OP:-linear}_batching${SWEEP_FLAGS:+_${SWEEP_FLAGS//[^a-zA-Z0-9]/_}}.txt"
   kill -TERM $on_pid $off_pid $echo_pid; wait $on_pid $off_pid $echo_pid
 }
 

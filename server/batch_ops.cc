@@ -41,6 +41,13 @@ bool RowsCanBatch(const OpEnv& env, const ConstTensorView& main, int64_t result_
   return main.rank() >= 1 && main.num_elements() > 0 && result_bytes <= env.max_message_bytes;
 }
 
+// Batched Linear and Ffn launches read their whole weights (the bound of
+// a one- to 32-row launch): one in flight per key, so that the requests
+// arriving meanwhile form the next, larger batch instead of a second
+// launch that reads the weights again (H100, one-row Ffn 4096/11008: c=64
+// 57.7 K QPS and 15.9 rows per launch against 50.3 K and 7.3 with two).
+constexpr int kWeightStreamingInflight = 1;
+
 int64_t ResultBytes(const OutputSpec& spec) {
   return kernels::NumElements(spec.shape) * static_cast<int64_t>(kernels::ItemSize(spec.dtype));
 }
@@ -534,6 +541,7 @@ absl::StatusOr<LinearItem> PrepareLinear(const OpEnv& env, const v1::LinearReque
   if (invariant > 0 && item.rows <= invariant && Inline(item.input) && req.output_name().empty() &&
       RowsCanBatch(env, x, ResultBytes(item.spec))) {
     item.max_batch_rows = invariant;
+    item.max_inflight = kWeightStreamingInflight;
     item.key =
         absl::StrCat("linear/", static_cast<int>(x.dtype), "/", x.last_dim(), "/",
                      Identity(req.weight(), item.weight.resident.get()), "/",
@@ -594,6 +602,7 @@ absl::StatusOr<FfnItem> PrepareFfn(const OpEnv& env, const v1::FfnRequest& req,
   if (invariant > 0 && item.rows <= invariant && Inline(item.input) && req.output_name().empty() &&
       RowsCanBatch(env, x, ResultBytes(item.spec))) {
     item.max_batch_rows = invariant;
+    item.max_inflight = kWeightStreamingInflight;
     auto bias = [](const std::string& name, const std::optional<ResolvedInput>& b) {
       return b.has_value() ? Identity(name, b->resident.get()) : std::string();
     };

@@ -53,12 +53,13 @@
 namespace accel::server {
 
 // Fields every item has: where its request and response live, its key
-// (empty: runs alone), its rows (tokens) and the most rows its key's
-// launches may hold (BatchTask::max_batch_rows).
+// (empty: runs alone), its rows (tokens), and the most rows and launches in
+// flight of its key (BatchTask::max_batch_rows, max_inflight_launches).
 struct ItemBase {
   std::string key;
   int64_t rows = 0;
   int64_t max_batch_rows = std::numeric_limits<int64_t>::max();
+  int max_inflight = std::numeric_limits<int>::max();
 };
 
 struct RmsNormItem : ItemBase {
@@ -204,6 +205,7 @@ class OpTask final : public BatchTask {
   const std::string& key() const override { return item_.key; }
   int64_t rows() const override { return item_.rows; }
   int64_t max_batch_rows() const override { return item_.max_batch_rows; }
+  int max_inflight_launches() const override { return item_.max_inflight; }
   BatchClock::time_point deadline() const override { return deadline_; }
   absl::Status CheckAlive() override { return CheckCallAlive(*call_); }
   bool runs_inline() const override { return runs_inline_; }

@@ -105,8 +105,9 @@ absl::Status Batcher::Schedule(std::unique_ptr<BatchTask>* task) {
   (*task)->enqueued = now;
   QueueMap::value_type& entry = *queues_.try_emplace(key).first;
   Queue& queue = entry.second;
-  if ((*task)->runs_inline() && queue.in_flight < std::max(1, options_.max_inflight_per_key) &&
-      queue.tasks.empty() && options_.max_queue_delay.count() == 0) {
+  const int inflight_limit = InflightLimit(**task);
+  if ((*task)->runs_inline() && queue.in_flight < inflight_limit && queue.tasks.empty() &&
+      options_.max_queue_delay.count() == 0) {
     // A queue with nothing waiting, a free launch slot and no delay would
     // launch this task alone at once anyway: run it here and save the
     // hand-off to a worker (two thread
@@ -129,7 +130,7 @@ absl::Status Batcher::Schedule(std::unique_ptr<BatchTask>* task) {
   // wake-up that finds nothing to take costs two futex calls and two
   // context switches: with single-row streams on the CPU, most of the
   // server's futex calls were such wake-ups.
-  if (queue.in_flight < std::max(1, options_.max_inflight_per_key)) ++epoch_;
+  if (queue.in_flight < inflight_limit) ++epoch_;
   return absl::OkStatus();
 }
 
@@ -168,6 +169,10 @@ int64_t Batcher::queued() const {
   return queued_;
 }
 
+int Batcher::InflightLimit(const BatchTask& task) const {
+  return std::max(1, std::min(options_.max_inflight_per_key, task.max_inflight_launches()));
+}
+
 size_t Batcher::queue_count() const {
   absl::MutexLock lock(&mu_);
   return queues_.size();
@@ -177,14 +182,13 @@ bool Batcher::TakeLocked(BatchClock::time_point now, Taken* taken,
                          BatchClock::time_point* wake_at) {
   BatchPlanOptions plan_options{options_.max_batch_rows, options_.max_queue_delay,
                                 /*flush=*/stopping_};
-  const int max_inflight = std::max(1, options_.max_inflight_per_key);
   *wake_at = BatchClock::time_point::max();
   QueueMap::value_type* best_entry = nullptr;
   size_t best_launch = 0;
   std::vector<QueuedRequest> requests;
   for (QueueMap::value_type& entry : queues_) {
     Queue& queue = entry.second;
-    if (queue.in_flight >= max_inflight || queue.tasks.empty()) continue;
+    if (queue.tasks.empty() || queue.in_flight >= InflightLimit(*queue.tasks.front())) continue;
     requests.clear();
     plan_options.max_batch_rows =
         std::min(options_.max_batch_rows, queue.tasks.front()->max_batch_rows());

@@ -62,6 +62,12 @@ class BatchTask {
   // when the op's results depend on the row count beyond it (Linear).
   // Equal for all tasks of a key.
   virtual int64_t max_batch_rows() const { return std::numeric_limits<int64_t>::max(); }
+  // The most launches of this key in flight at once, below
+  // --max_inflight_batches for ops that stream a large weight per launch
+  // (Linear, Ffn on a GPU): two launches in flight would each read the
+  // weights, while one at a time lets the next batch grow. Equal for all
+  // tasks of a key.
+  virtual int max_inflight_launches() const { return std::numeric_limits<int>::max(); }
   // The caller's deadline on the steady clock; time_point::max() if none.
   virtual BatchClock::time_point deadline() const { return BatchClock::time_point::max(); }
   // OK while the caller still waits; CANCELLED or DEADLINE_EXCEEDED after.
@@ -168,6 +174,8 @@ class Batcher {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // After a launch from `queue`: one fewer in flight.
   void LaunchedLocked(QueueMap::value_type* queue) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Launches of `task`'s key allowed in flight at once (at least 1).
+  int InflightLimit(const BatchTask& task) const;
   // Drops idle queues while there are more than kQueuesKept.
   void DropIdleQueuesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

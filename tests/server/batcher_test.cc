@@ -71,6 +71,10 @@ class FakeTask final : public BatchTask {
     max_batch_rows_ = rows;
     return *this;
   }
+  FakeTask& MaxInflight(int launches) {
+    max_inflight_ = launches;
+    return *this;
+  }
 
   Op op() const override { return Op::kRmsNorm; }
   const std::string& key() const override { return key_; }
@@ -79,6 +83,7 @@ class FakeTask final : public BatchTask {
   absl::Status CheckAlive() override { return alive_; }
   bool runs_inline() const override { return inline_; }
   int64_t max_batch_rows() const override { return max_batch_rows_; }
+  int max_inflight_launches() const override { return max_inflight_; }
 
   absl::Status LaunchBatch(std::span<BatchTask* const> batch) override {
     std::vector<int> ids;
@@ -110,6 +115,7 @@ class FakeTask final : public BatchTask {
   bool bad_ = false;
   bool inline_ = false;
   int64_t max_batch_rows_ = std::numeric_limits<int64_t>::max();
+  int max_inflight_ = std::numeric_limits<int>::max();
 };
 
 Batcher::Options TestOptions() {
@@ -181,6 +187,35 @@ TEST(Batcher, AKeyKeepsUpToMaxInflightLaunchesRunningAndQueuesTheRest) {
   absl::MutexLock lock(&log.mu);
   EXPECT_THAT(log.launches, ElementsAre(ElementsAre(1), ElementsAre(2), ElementsAre(3, 4, 5)));
   for (const auto& [id, status] : log.done) EXPECT_TRUE(status.ok()) << id;
+}
+
+TEST(Batcher, AKeysOwnInflightLimitHoldsItsNextBatchBackBelowMaxInflight) {
+  Log log;
+  absl::Notification gate;
+  Batcher::Options options = TestOptions();
+  options.threads = 3;
+  options.max_inflight_per_key = 2;
+  Batcher batcher(options);
+  auto first = Task(1, "ffn", &log);
+  first->MaxInflight(1).BlockOn(&gate);
+  ASSERT_TRUE(Schedule(batcher, std::move(first)).ok());
+  log.WaitLaunches(1);
+  // A second slot of --max_inflight_batches is free, but not this key's.
+  for (int id = 2; id <= 4; ++id) {
+    auto task = Task(id, "ffn", &log);
+    task->MaxInflight(1).Inline();
+    ASSERT_TRUE(Schedule(batcher, std::move(task)).ok());
+  }
+  absl::SleepFor(absl::Milliseconds(50));
+  {
+    absl::MutexLock lock(&log.mu);
+    EXPECT_EQ(log.launches.size(), 1u);
+    EXPECT_TRUE(log.done.empty());
+  }
+  gate.Notify();
+  log.WaitDone(4);
+  absl::MutexLock lock(&log.mu);
+  EXPECT_THAT(log.launches, ElementsAre(ElementsAre(1), ElementsAre(2, 3, 4)));
 }
 
 // Runs offloaded closures on threads of its own (or refuses them all).
