@@ -59,6 +59,29 @@ int64_t TotalRows(std::span<Item* const> items) {
   return rows;
 }
 
+// The shape of a launch's main tensor (`first` is items[0]'s): a lone
+// request's own, or all the requests' rows, concatenated, by its width.
+template <typename Item>
+Shape BatchShape(std::span<Item* const> items, const ConstTensorView& first) {
+  return items.size() == 1 ? first.shape : Shape{TotalRows(items), first.last_dim()};
+}
+
+// Linear and Ffn (`invariant`: the rows up to which their kernels give
+// every row the same bits, 0 for none): whether the request may share
+// launches (its rows within that bound, its input inline, its result
+// returned); if so, sets its key's limits. The caller then sets the key.
+template <typename Item>
+bool MayShareWeightLaunches(const OpEnv& env, const std::string& output_name, int64_t invariant,
+                            Item& item) {
+  if (invariant <= 0 || item.rows > invariant || !Inline(item.input) || !output_name.empty() ||
+      !RowsCanBatch(env, item.input.view, ResultBytes(item.spec))) {
+    return false;
+  }
+  item.max_batch_rows = invariant;
+  item.max_inflight = kWeightStreamingInflight;
+  return true;
+}
+
 // The batch's rows of one input: a lone request's own tensor (staged when
 // inline); several requests' inline tensors concatenated into `shape`.
 template <typename Item, typename Get>
@@ -187,8 +210,7 @@ absl::StatusOr<RmsNormItem> PrepareRmsNorm(const OpEnv& env, const v1::RmsNormRe
 
 absl::Status LaunchRmsNorm(const OpEnv& env, std::span<RmsNormItem* const> items) {
   const RmsNormItem& first = *items[0];
-  const Shape shape = items.size() == 1 ? first.args.input.shape
-                                        : Shape{TotalRows(items), first.args.input.last_dim()};
+  const Shape shape = BatchShape(items, first.args.input);
   CallScope scope(*env.device, env.metrics, Op::kRmsNorm);
   kernels::RmsNormArgs args = first.args;
   ASSIGN_OR_RETURN(args.input,
@@ -243,8 +265,7 @@ absl::StatusOr<SwiGluItem> PrepareSwiGlu(const OpEnv& env, const v1::SwiGluReque
 
 absl::Status LaunchSwiGlu(const OpEnv& env, std::span<SwiGluItem* const> items) {
   const SwiGluItem& first = *items[0];
-  const Shape shape = items.size() == 1 ? first.args.gate.shape
-                                        : Shape{TotalRows(items), first.args.gate.last_dim()};
+  const Shape shape = BatchShape(items, first.args.gate);
   CallScope scope(*env.device, env.metrics, Op::kSwiGlu);
   kernels::SwiGluArgs args = first.args;
   ASSIGN_OR_RETURN(args.gate,
@@ -535,13 +556,9 @@ absl::StatusOr<LinearItem> PrepareLinear(const OpEnv& env, const v1::LinearReque
 
   const ConstTensorView& x = item.input.view;
   item.rows = x.rows();
-  // Only where the kernel gives every row the same bits in a launch of up
-  // to `invariant` rows as alone (int8 weights on a GPU).
-  const int64_t invariant = kernels::LinearBatchInvariantRows(env.device->backend(), item.args);
-  if (invariant > 0 && item.rows <= invariant && Inline(item.input) && req.output_name().empty() &&
-      RowsCanBatch(env, x, ResultBytes(item.spec))) {
-    item.max_batch_rows = invariant;
-    item.max_inflight = kWeightStreamingInflight;
+  if (MayShareWeightLaunches(env, req.output_name(),
+                             kernels::LinearBatchInvariantRows(env.device->backend(), item.args),
+                             item)) {
     item.key =
         absl::StrCat("linear/", static_cast<int>(x.dtype), "/", x.last_dim(), "/",
                      Identity(req.weight(), item.weight.resident.get()), "/",
@@ -552,8 +569,7 @@ absl::StatusOr<LinearItem> PrepareLinear(const OpEnv& env, const v1::LinearReque
 
 absl::Status LaunchLinear(const OpEnv& env, std::span<LinearItem* const> items) {
   const LinearItem& first = *items[0];
-  const int64_t k = first.args.input.last_dim();
-  const Shape shape = items.size() == 1 ? first.args.input.shape : Shape{TotalRows(items), k};
+  const Shape shape = BatchShape(items, first.args.input);
   CallScope scope(*env.device, env.metrics, Op::kLinear);
   kernels::LinearArgs args = first.args;
   ASSIGN_OR_RETURN(args.input,
@@ -598,11 +614,8 @@ absl::StatusOr<FfnItem> PrepareFfn(const OpEnv& env, const v1::FfnRequest& req,
 
   const ConstTensorView& x = item.input.view;
   item.rows = x.rows();
-  const int64_t invariant = kernels::FfnBatchInvariantRows(env.device->backend(), args);
-  if (invariant > 0 && item.rows <= invariant && Inline(item.input) && req.output_name().empty() &&
-      RowsCanBatch(env, x, ResultBytes(item.spec))) {
-    item.max_batch_rows = invariant;
-    item.max_inflight = kWeightStreamingInflight;
+  if (MayShareWeightLaunches(env, req.output_name(),
+                             kernels::FfnBatchInvariantRows(env.device->backend(), args), item)) {
     auto bias = [](const std::string& name, const std::optional<ResolvedInput>& b) {
       return b.has_value() ? Identity(name, b->resident.get()) : std::string();
     };
@@ -618,8 +631,7 @@ absl::StatusOr<FfnItem> PrepareFfn(const OpEnv& env, const v1::FfnRequest& req,
 
 absl::Status LaunchFfn(const OpEnv& env, std::span<FfnItem* const> items) {
   const FfnItem& first = *items[0];
-  const Shape shape = items.size() == 1 ? first.args.input.shape
-                                        : Shape{TotalRows(items), first.args.input.last_dim()};
+  const Shape shape = BatchShape(items, first.args.input);
   CallScope scope(*env.device, env.metrics, Op::kFfn);
   kernels::FfnArgs args = first.args;
   ASSIGN_OR_RETURN(args.input,
