@@ -14,7 +14,8 @@
 #                               # LINEAR_OP=ffn: the Ffn block, LINEAR_N its I;
 #                               # SWEEP_FLAGS: more flags for the batching server)
 #   bench/device_run.sh latency # c=1 single rows: where a request's time goes
-#                               # (server means per phase), inline on/off, echo
+#                               # (server means per phase), inline on/off, the
+#                               # same server on --device=cpu, echo
 # Logs and JSON go to $OUT (the device tool's output folder) or ./device_out.
 set -uo pipefail
 export LD_LIBRARY_PATH="$PWD/gpu-bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
@@ -153,11 +154,15 @@ case "${1:-tests}" in
     serve /tmp/nobatch "$bin/accel-server" --grpc_address=127.0.0.1:0 \
       --metrics_address=127.0.0.1:0 --batching=false
     nobatch=$(lg_flags)
+    # The same binary on this host's CPU: what the GPU round trip adds.
+    serve /tmp/cpu "$bin/accel-server" --grpc_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 \
+      --device=cpu
+    cpu=$(lg_flags)
     serve /tmp/echo "$bin/load_gen" --serve_echo
     echo_flags="--echo --echo_target=$grpc"
     row="--op=rms_norm --rows=1 --width=4096 --dtype=bf16 --concurrency=1 --duration_s=3 --warmup_s=1"
     for round in 1 2; do
-      for side in inline hop nobatch echo_flags; do
+      for side in inline hop nobatch cpu echo_flags; do
         echo -n "$side: "
         "$bin/load_gen" ${!side} $row
       done
