@@ -145,8 +145,7 @@ void Batcher::LaunchedLocked(QueueMap::value_type* queue) {
 }
 
 void Batcher::DropIdleQueuesLocked() {
-  if (queues_.size() <= kQueuesKept) return;
-  for (auto it = queues_.begin(); it != queues_.end();) {
+  for (auto it = queues_.begin(); queues_.size() > kQueuesKept && it != queues_.end();) {
     it = it->second.in_flight == 0 && it->second.tasks.empty() ? queues_.erase(it) : std::next(it);
   }
 }

@@ -146,9 +146,11 @@ class Batcher {
   int64_t queued() const;
   // Idle queues (nothing waiting or in flight) are kept for their key's
   // next request: a key that comes back does not allocate and free a queue
-  // per request. Beyond this many queues, idle ones are dropped (keys hold
-  // tensor addresses: a replaced weight leaves its old key behind).
-  static constexpr size_t kQueuesKept = 64;
+  // per request. Beyond this many queues, idle ones are dropped until there
+  // are this many again (keys hold tensor addresses: a replaced weight
+  // leaves its old key behind). A model's keys (a few per layer) fit; the
+  // workers' scan over the queues stays a few hundred entries.
+  static constexpr size_t kQueuesKept = 256;
   // Keys with a queue, idle ones included.
   size_t queue_count() const;
 
@@ -176,7 +178,8 @@ class Batcher {
   void LaunchedLocked(QueueMap::value_type* queue) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Launches of `task`'s key allowed in flight at once (at least 1).
   int InflightLimit(const BatchTask& task) const;
-  // Drops idle queues while there are more than kQueuesKept.
+  // Drops idle queues while there are more than kQueuesKept (only the
+  // excess: the others stay for their keys).
   void DropIdleQueuesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Options options_;

@@ -89,7 +89,7 @@
 // instantiations). So an output row has the same bits for every m <= 32,
 // batched or not, whichever kernel runs it, as long as k <= kMaxK (above,
 // LaunchLinear takes the dequantize + cuBLAS path for every m) (checked bit for bit on an H100
-// for m in 1, 3, 8, 9, 16, 17, 31 against 32, both dtypes, per-row and
+// for row ranges of 1 to 31 rows at offsets 0 to 31 of a 32-row call, both dtypes, per-row and
 // per-tensor scales, all bias types, k in 16, 208, 1040, 4096 and n in 8,
 // 100, 4096, 11008).
 #include <cuda_bf16.h>

@@ -289,6 +289,15 @@ TEST_F(CudaTest, LinearPicksTheW8A16GemmForManyRows) {
 // 16-row m <= 16, 32-row m <= 32) a row's output has the same bits whether
 // it runs alone or with up to 31 others, for k with a partial chunk, n with
 // a partial tile, both scale kinds and with a bias.
+// Row ranges of a 32-row call run alone by the batch-invariance tests: every
+// kernel of the small-M path (m <= 8, <= 16, <= 32), at the start, in the
+// middle and at the end of the batch.
+struct RowSlice {
+  int64_t first, rows;
+};
+constexpr RowSlice kRowSlices[] = {{0, 1},  {5, 3},   {3, 8},  {31, 1}, {16, 9},
+                                   {8, 16}, {15, 17}, {0, 31}, {1, 31}};
+
 TEST_F(CudaTest, W8A16RowsAreBatchInvariant) {
   struct Shape {
     int64_t k, n;
@@ -311,20 +320,27 @@ TEST_F(CudaTest, W8A16RowsAreBatchInvariant) {
           ASSERT_TRUE(Linear(Ctx(&scratch), {dx.view(), w.device_view(), b}, full.mut()).ok());
           const size_t item = ItemSize(dtype);
           std::vector<HostTensor> parts;
-          for (int64_t rows : {1, 3, 8, 9, 16, 17, 31}) {
-            // The first `rows` rows alone.
-            const ConstTensorView xv{dtype, {rows, k}, dx.data()};
-            DeviceTensor out(dtype, {rows, n});
+          for (const RowSlice& slice : kRowSlices) {
+            // Rows [first, first + rows) alone: a request anywhere in a batch.
+            const ConstTensorView xv{dtype,
+                                     {slice.rows, k},
+                                     static_cast<const char*>(dx.data()) + slice.first * k * item};
+            DeviceTensor out(dtype, {slice.rows, n});
             ASSERT_TRUE(Linear(Ctx(&scratch), {xv, w.device_view(), b}, out.mut()).ok());
             ASSERT_TRUE(Sync());
             parts.push_back(out.ToHost());
           }
           ASSERT_TRUE(Sync());
           const HostTensor all = full.ToHost();
-          for (const HostTensor& part : parts) {
-            EXPECT_EQ(std::memcmp(part.data(), all.data(), part.shape[0] * n * item), 0)
+          for (size_t i = 0; i < parts.size(); ++i) {
+            const RowSlice& slice = kRowSlices[i];
+            EXPECT_EQ(std::memcmp(parts[i].data(),
+                                  static_cast<const char*>(all.data()) + slice.first * n * item,
+                                  slice.rows * n * item),
+                      0)
                 << "seed=" << seed << " dtype=" << DTypeName(dtype) << " k=" << k << " n=" << n
-                << " kind=" << KindName(kind) << " bias=" << with_bias << " rows=" << part.shape[0];
+                << " kind=" << KindName(kind) << " bias=" << with_bias << " rows=" << slice.first
+                << ".." << slice.first + slice.rows;
           }
         }
       }
@@ -407,21 +423,28 @@ TEST_F(CudaTest, FfnRowsAreBatchInvariantWithInt8Weights) {
         DeviceScratch scratch;
         DeviceTensor full(dtype, {m, h});
         ASSERT_TRUE(Ffn(Ctx(&scratch), args, full.mut()).ok());
+        const size_t item = ItemSize(dtype);
         std::vector<HostTensor> parts;
-        for (int64_t rows : {1, 3, 8, 9, 16, 17, 31}) {
+        for (const RowSlice& slice : kRowSlices) {
           FfnArgs alone = args;
-          alone.input = ConstTensorView{dtype, {rows, h}, dx.data()};
-          DeviceTensor out(dtype, {rows, h});
+          alone.input = ConstTensorView{
+              dtype, {slice.rows, h}, static_cast<const char*>(dx.data()) + slice.first * h * item};
+          DeviceTensor out(dtype, {slice.rows, h});
           ASSERT_TRUE(Ffn(Ctx(&scratch), alone, out.mut()).ok());
           ASSERT_TRUE(Sync());
           parts.push_back(out.ToHost());
         }
         ASSERT_TRUE(Sync());
         const HostTensor all = full.ToHost();
-        for (const HostTensor& part : parts) {
-          EXPECT_EQ(std::memcmp(part.data(), all.data(), part.shape[0] * h * ItemSize(dtype)), 0)
+        for (size_t i = 0; i < parts.size(); ++i) {
+          const RowSlice& slice = kRowSlices[i];
+          EXPECT_EQ(std::memcmp(parts[i].data(),
+                                static_cast<const char*>(all.data()) + slice.first * h * item,
+                                slice.rows * h * item),
+                    0)
               << "seed=" << seed << " dtype=" << DTypeName(dtype) << " kind=" << KindName(kind)
-              << " bias=" << with_bias << " rows=" << part.shape[0];
+              << " bias=" << with_bias << " rows=" << slice.first << ".."
+              << slice.first + slice.rows;
         }
       }
     }
