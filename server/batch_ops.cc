@@ -138,8 +138,7 @@ class BatchOutput {
     if (slot_.has_value()) return slot_->Commit();
     size_t offset = 0;
     for (const auto& [spec, proto] : parts_) {
-      const size_t bytes =
-          static_cast<size_t>(kernels::NumElements(spec.shape)) * kernels::ItemSize(spec.dtype);
+      const auto bytes = static_cast<size_t>(ResultBytes(spec));
       DescribeTensor(spec, proto);
       proto->set_data(host_.get() + offset, bytes);
       offset += bytes;

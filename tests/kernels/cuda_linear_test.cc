@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "accel/kernels/ops.h"
 #include "cuda/launch.h"
 #include "cuda/linear.h"
@@ -53,6 +54,15 @@ CudaTestWeight MakeDeviceWeight(WeightKind kind, DType input_dtype, int64_t rows
   return w;
 }
 
+// Row ranges of a 32-row call run alone by the batch-invariance tests: every
+// kernel of the small-M path (m <= 8, <= 16, <= 32), at the start, in the
+// middle and at the end of the batch.
+struct RowSlice {
+  int64_t first, rows;
+};
+constexpr RowSlice kRowSlices[] = {{0, 1},  {5, 3},   {3, 8},  {31, 1}, {16, 9},
+                                   {8, 16}, {15, 17}, {0, 31}, {1, 31}};
+
 class CudaTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -69,6 +79,31 @@ class CudaTest : public ::testing::Test {
     const cudaError_t err = cudaStreamSynchronize(stream_);
     if (err != cudaSuccess) return ::testing::AssertionFailure() << cudaGetErrorString(err);
     return ::testing::AssertionSuccess();
+  }
+  // Runs each row range of the device input `dx` ([32, in_width]) alone
+  // through `run(input view, output)` and expects the bytes of the same rows
+  // of `all`, the whole call's host result ([32, out_width]). `context` names
+  // the case in failures.
+  template <typename Run>
+  void ExpectRowRangesMatchTheWholeCall(const DeviceTensor& dx, int64_t in_width,
+                                        const HostTensor& all, int64_t out_width, DType dtype,
+                                        Run run, const std::string& context) {
+    const size_t item = ItemSize(dtype);
+    for (const RowSlice& slice : kRowSlices) {
+      // Rows [first, first + rows) alone: a request anywhere in a batch.
+      const ConstTensorView xv{dtype,
+                               {slice.rows, in_width},
+                               static_cast<const char*>(dx.data()) + slice.first * in_width * item};
+      DeviceTensor out(dtype, {slice.rows, out_width});
+      ASSERT_TRUE(run(xv, out).ok()) << context;
+      ASSERT_TRUE(Sync());
+      const HostTensor part = out.ToHost();
+      EXPECT_EQ(std::memcmp(part.data(),
+                            static_cast<const char*>(all.data()) + slice.first * out_width * item,
+                            slice.rows * out_width * item),
+                0)
+          << context << " rows=" << slice.first << ".." << slice.first + slice.rows;
+    }
   }
   cudaStream_t stream_ = nullptr;
 };
@@ -289,15 +324,6 @@ TEST_F(CudaTest, LinearPicksTheW8A16GemmForManyRows) {
 // 16-row m <= 16, 32-row m <= 32) a row's output has the same bits whether
 // it runs alone or with up to 31 others, for k with a partial chunk, n with
 // a partial tile, both scale kinds and with a bias.
-// Row ranges of a 32-row call run alone by the batch-invariance tests: every
-// kernel of the small-M path (m <= 8, <= 16, <= 32), at the start, in the
-// middle and at the end of the batch.
-struct RowSlice {
-  int64_t first, rows;
-};
-constexpr RowSlice kRowSlices[] = {{0, 1},  {5, 3},   {3, 8},  {31, 1}, {16, 9},
-                                   {8, 16}, {15, 17}, {0, 31}, {1, 31}};
-
 TEST_F(CudaTest, W8A16RowsAreBatchInvariant) {
   struct Shape {
     int64_t k, n;
@@ -318,30 +344,14 @@ TEST_F(CudaTest, W8A16RowsAreBatchInvariant) {
           DeviceScratch scratch;
           DeviceTensor full(dtype, {m, n});
           ASSERT_TRUE(Linear(Ctx(&scratch), {dx.view(), w.device_view(), b}, full.mut()).ok());
-          const size_t item = ItemSize(dtype);
-          std::vector<HostTensor> parts;
-          for (const RowSlice& slice : kRowSlices) {
-            // Rows [first, first + rows) alone: a request anywhere in a batch.
-            const ConstTensorView xv{dtype,
-                                     {slice.rows, k},
-                                     static_cast<const char*>(dx.data()) + slice.first * k * item};
-            DeviceTensor out(dtype, {slice.rows, n});
-            ASSERT_TRUE(Linear(Ctx(&scratch), {xv, w.device_view(), b}, out.mut()).ok());
-            ASSERT_TRUE(Sync());
-            parts.push_back(out.ToHost());
-          }
           ASSERT_TRUE(Sync());
-          const HostTensor all = full.ToHost();
-          for (size_t i = 0; i < parts.size(); ++i) {
-            const RowSlice& slice = kRowSlices[i];
-            EXPECT_EQ(std::memcmp(parts[i].data(),
-                                  static_cast<const char*>(all.data()) + slice.first * n * item,
-                                  slice.rows * n * item),
-                      0)
-                << "seed=" << seed << " dtype=" << DTypeName(dtype) << " k=" << k << " n=" << n
-                << " kind=" << KindName(kind) << " bias=" << with_bias << " rows=" << slice.first
-                << ".." << slice.first + slice.rows;
-          }
+          ExpectRowRangesMatchTheWholeCall(
+              dx, k, full.ToHost(), n, dtype,
+              [&](const ConstTensorView& xv, DeviceTensor& out) {
+                return Linear(Ctx(&scratch), {xv, w.device_view(), b}, out.mut());
+              },
+              absl::StrCat("seed=", seed, " dtype=", DTypeName(dtype), " k=", k, " n=", n,
+                           " kind=", KindName(kind), " bias=", with_bias));
         }
       }
     }
@@ -423,29 +433,16 @@ TEST_F(CudaTest, FfnRowsAreBatchInvariantWithInt8Weights) {
         DeviceScratch scratch;
         DeviceTensor full(dtype, {m, h});
         ASSERT_TRUE(Ffn(Ctx(&scratch), args, full.mut()).ok());
-        const size_t item = ItemSize(dtype);
-        std::vector<HostTensor> parts;
-        for (const RowSlice& slice : kRowSlices) {
-          FfnArgs alone = args;
-          alone.input = ConstTensorView{
-              dtype, {slice.rows, h}, static_cast<const char*>(dx.data()) + slice.first * h * item};
-          DeviceTensor out(dtype, {slice.rows, h});
-          ASSERT_TRUE(Ffn(Ctx(&scratch), alone, out.mut()).ok());
-          ASSERT_TRUE(Sync());
-          parts.push_back(out.ToHost());
-        }
         ASSERT_TRUE(Sync());
-        const HostTensor all = full.ToHost();
-        for (size_t i = 0; i < parts.size(); ++i) {
-          const RowSlice& slice = kRowSlices[i];
-          EXPECT_EQ(std::memcmp(parts[i].data(),
-                                static_cast<const char*>(all.data()) + slice.first * h * item,
-                                slice.rows * h * item),
-                    0)
-              << "seed=" << seed << " dtype=" << DTypeName(dtype) << " kind=" << KindName(kind)
-              << " bias=" << with_bias << " rows=" << slice.first << ".."
-              << slice.first + slice.rows;
-        }
+        ExpectRowRangesMatchTheWholeCall(
+            dx, h, full.ToHost(), h, dtype,
+            [&](const ConstTensorView& xv, DeviceTensor& out) {
+              FfnArgs alone = args;
+              alone.input = xv;
+              return Ffn(Ctx(&scratch), alone, out.mut());
+            },
+            absl::StrCat("seed=", seed, " dtype=", DTypeName(dtype), " kind=", KindName(kind),
+                         " bias=", with_bias));
       }
     }
   }

@@ -96,7 +96,7 @@ absl::Status Linear(const ExecContext& ctx, const LinearArgs& args, const Tensor
 // such bound holds: on the CPU (OpenBLAS blocks by M) and for float
 // weights on a GPU (cuBLAS chooses its kernel by M). On a GPU, int8
 // weights on the W8A16 small-M kernel: 32 (tests/kernels/cuda_linear_test
-// checks rows 1..31 against 32 bit for bit).
+// checks row ranges at every offset of a 32-row call bit for bit).
 int64_t LinearBatchInvariantRows(Backend backend, const LinearArgs& args);
 
 // -------------------------------------------------------------------- Ffn
